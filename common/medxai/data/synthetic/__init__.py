@@ -1,0 +1,1 @@
+"""medxai.data.synthetic."""
