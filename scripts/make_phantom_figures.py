@@ -58,8 +58,8 @@ def ct_figure(path: Path) -> None:
         y_mid = case.image.shape[1] // 2
         cor = lambda a: np.flipud(np.fliplr(a[:, y_mid, :].T))  # noqa: E731
         _show(axes[row, 3], cor(lung), f"coronal (severity {case.severity})", ((cor(case.lesion_mask > 0), "red"),))
-        axes[row, 3].set_aspect(case.meta.get("slice_thickness_mm", 1.0) / case.meta.get("pixel_spacing_mm", 1.0)
-                                if isinstance(case.meta, dict) else "auto")
+        dx, _, dz = case.spacing
+        axes[row, 3].set_aspect(dz / dx)
     fig.suptitle("Synthetic chest CT (lung window W1500/L-600); red: lesion mask", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -83,7 +83,8 @@ def brain_figure(path: Path) -> None:
     for row, contrast in enumerate(("ct", "t1")):
         case = generate_brain_case(seed=5, contrast=contrast)
         thin, thick = case.thin_image, case.thick_image
-        lo, hi = np.percentile(thin, [1, 99])
+        # CT in a brain window (W80/L40); MR between its 1st and 99th percentiles
+        lo, hi = (0.0, 80.0) if contrast == "ct" else tuple(np.percentile(thin, [1, 99]))
         z_thick = int(np.argmax((case.thick_label == 1).sum(axis=(0, 1))))
         factor = thin.shape[2] // thick.shape[2]
         z_thin = z_thick * factor + factor // 2
@@ -96,7 +97,11 @@ def brain_figure(path: Path) -> None:
         sag = np.flipud(thin[x_mid, :, :].T)
         _show(axes[row, 2], np.clip((sag - lo) / (hi - lo), 0, 1), f"{contrast} thin, sagittal",
               ((np.flipud(case.thin_label[x_mid, :, :].T) > 0, "red"),))
-    fig.suptitle("Synthetic brain, same subject at thin and thick slices; red: ventricles", fontsize=9)
+        spacing = np.abs(np.diag(case.thin_affine)[:3])
+        axes[row, 2].set_aspect(spacing[2] / spacing[1])
+        for col in (0, 1):
+            axes[row, col].set_aspect(spacing[1] / spacing[0])
+    fig.suptitle("Synthetic brain (CT: W80/L40), same subject at thin and thick slices; red: ventricles", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,7 +4,8 @@ Examples::
 
     medxai demo-data                       # generate every synthetic demo set and print a summary
     medxai demo-data --sets ct --output_dir /tmp/demo
-    medxai datalist covid19_ct_ucsd /data/COVID-CT --output datalist.json
+    medxai datasets                        # the public datasets a datalist can be built for
+    medxai datalist covid_ct_ucsd /data/COVID-CT --split kfold --n_folds 5
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import fire
 
 from medxai.data.demo import DEMO_SETS, ensure_demo_dataset, summarize_datalist
 
-__all__ = ["demo_data", "datalist", "main"]
+__all__ = ["demo_data", "datalist", "datasets", "main"]
 
 
 def _as_list(value: str | Sequence[str] | None, default: Sequence[str]) -> list[str]:
@@ -52,20 +53,41 @@ def demo_data(sets: str | Sequence[str] | None = None, output_dir: str | None = 
             print(f"    {split:<10} {info['cases']:>4} cases   {classes}")
 
 
-def datalist(name: str, root: str, output: str = "datalist.json", **kwargs: Any) -> None:
-    """Build a datalist JSON for a public dataset (see docs/datasets.md for the layouts).
+def datalist(name: str, root: str, output: str | None = None, **kwargs: Any) -> None:
+    """Build a datalist JSON for a public dataset and print its split summary.
 
-    ``kwargs`` go to :func:`medxai.data.datasets.build_datalist` (e.g. ``--seed 0``).
+    Parameters
+    ----------
+    name
+        A dataset name (``medxai datalist --help`` lists them; layouts in docs/datasets.md).
+    root
+        The dataset folder.
+    output
+        Where to write the JSON (default ``<root>/datalist.json``, where a bundle's ``dataset_dir``
+        finds it; paths inside are relative to ``root``).
+    kwargs
+        Passed to :func:`medxai.data.datasets.build_datalist`, e.g. ``--split kfold --n_folds 5``.
     """
     from medxai.data.datasets import build_datalist
 
-    path = build_datalist(name, root, output=output, **kwargs)
-    print(json.dumps(summarize_datalist(Path(path)), indent=2))
+    output = str(Path(root) / "datalist.json") if output is None else output
+    content = build_datalist(name, root, output=output, **kwargs)
+    print(f"wrote {output}")
+    print(json.dumps(summarize_datalist(content)["splits"], indent=2))
+
+
+def datasets() -> None:
+    """List the public datasets ``medxai datalist`` can build."""
+    from medxai.data.datasets import get_dataset_spec, list_datasets
+
+    for name in list_datasets():
+        spec = get_dataset_spec(name)
+        print(f"{name:<34} {spec.task}")
 
 
 def main() -> None:
     """Entry point of the ``medxai`` console script."""
-    fire.Fire({"demo-data": demo_data, "datalist": datalist})
+    fire.Fire({"demo-data": demo_data, "datalist": datalist, "datasets": datasets})
 
 
 if __name__ == "__main__":

@@ -111,11 +111,19 @@ def resolve_datalist(
     return str(candidate)
 
 
-def summarize_datalist(datalist: str | Path) -> Mapping[str, Any]:
-    """Counts per split and per class of a datalist JSON, plus its folder size in MB."""
-    path = Path(datalist)
-    content = json.loads(path.read_text())
-    summary: dict[str, Any] = {"datalist": str(path), "splits": {}}
+def summarize_datalist(datalist: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Counts per split and per class of a datalist (a JSON path or its loaded content).
+
+    For a path, the size in MB of the folder holding it is added as ``size_mb``.
+    """
+    summary: dict[str, Any] = {"splits": {}}
+    if isinstance(datalist, Mapping):
+        content = datalist
+    else:
+        path = Path(datalist)
+        content = json.loads(path.read_text())
+        summary["datalist"] = str(path)
+        summary["size_mb"] = round(sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file()) / 1e6, 1)
     for split, records in content.items():
         if not isinstance(records, list):
             continue
@@ -124,6 +132,4 @@ def summarize_datalist(datalist: str | Path) -> Mapping[str, Any]:
             key = str(record.get("class_name", record.get("thickness", record.get("label", "?"))))
             classes[key] = classes.get(key, 0) + 1
         summary["splits"][split] = {"cases": len(records), "by_class": dict(sorted(classes.items()))}
-    size = sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())
-    summary["size_mb"] = round(size / 1e6, 1)
     return summary

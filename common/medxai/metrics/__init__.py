@@ -1,1 +1,32 @@
-"""medxai.metrics."""
+"""Metrics: explanation quality (perturbation curves, localisation, sanity checks).
+
+All take batches of 2D (B, 1, H, W) or 3D (B, 1, D, H, W) maps and masks and return one value per sample.
+"""
+
+from __future__ import annotations
+
+from medxai.metrics.localization import (
+    binarize_maps,
+    energy_pointing_game,
+    overlap_scores,
+    overlap_sweep,
+    pointing_game,
+    sample_mean,
+)
+from medxai.metrics.perturbation_curves import aopc_morf, aoppc, average_drop_increase, deletion, insertion
+from medxai.metrics.sanity import cascading_randomization
+
+__all__ = [
+    "aoppc",
+    "deletion",
+    "insertion",
+    "aopc_morf",
+    "average_drop_increase",
+    "pointing_game",
+    "energy_pointing_game",
+    "binarize_maps",
+    "overlap_scores",
+    "overlap_sweep",
+    "sample_mean",
+    "cascading_randomization",
+]
