@@ -59,7 +59,7 @@ def datalist(name: str, root: str, output: str | None = None, **kwargs: Any) -> 
     Parameters
     ----------
     name
-        A dataset name (``medxai datalist --help`` lists them; layouts in docs/datasets.md).
+        A dataset name (``medxai datalist --help`` lists them; layouts in docs/data.md).
     root
         The dataset folder.
     output

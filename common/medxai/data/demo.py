@@ -106,7 +106,7 @@ def resolve_datalist(
     if not candidate.is_file():
         raise DatasetError(
             f"dataset_dir '{path}' has no '{datalist_name}'; build one with `medxai datalist ...` "
-            "(see docs/datasets.md)."
+            "(see docs/data.md)."
         )
     return str(candidate)
 

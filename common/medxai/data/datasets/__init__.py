@@ -11,7 +11,7 @@ keys (masks, severity, view, official ``source_split``). Builders are registered
 
 A missing root or sub-folder, an empty dataset, a manifest without a required column, a referenced file
 that does not exist, or a label outside the class range raises :class:`medxai.errors.DatasetError`
-naming the path (or manifest line) and the problem. Sources, terms and caveats: ``docs/datasets.md``.
+naming the path (or manifest line) and the problem. Sources, terms and caveats: ``docs/data.md``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 * MosMedData (Morozov et al. 2020, medRxiv 10.1101/2020.05.20.20100362): NIfTI volumes graded CT-0..CT-4.
 * MedSeg 100 COVID-19 infection slices (medicalsegmentation.com, as staged in ``../shared/data``).
 
-``docs/datasets.md`` gives each dataset's source, terms and caveats.
+``docs/data.md`` gives each dataset's source, terms and caveats.
 """
 
 from __future__ import annotations

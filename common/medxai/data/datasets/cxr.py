@@ -5,7 +5,7 @@
 * ieee8023 covid-chestxray-dataset (Cohen et al. 2020, arXiv:2006.11988): ``metadata.csv``.
 * The staged subsets of Kermany and ieee8023 (with lung and lesion masks) in ``../shared/data``.
 
-``docs/datasets.md`` gives each dataset's source, terms and caveats.
+``docs/data.md`` gives each dataset's source, terms and caveats.
 """
 
 from __future__ import annotations

@@ -241,7 +241,7 @@ def build_datalist(
     name
         A name from :func:`medxai.data.datasets.list_datasets`.
     root
-        The dataset folder (layouts in each builder's docstring and ``docs/datasets.md``).
+        The dataset folder (layouts in each builder's docstring and ``docs/data.md``).
     output
         JSON file to write; ``None`` only returns the datalist.
     split, seed, fractions, n_folds, test_fraction

@@ -18,7 +18,7 @@ The cerebral aqueduct is rendered as CSF but left unlabelled, as in FreeSurfer's
 by seed in head size, pose (a few degrees of rotation) and condition (normal, atrophy with widened sulci,
 hydrocephalus with enlarged ventricles; Evans index in the metadata). Contrasts: ``"ct"`` (Hounsfield
 units), ``"t1"`` and ``"t2"`` (spin-echo signal equation from relaxation times), each with its own noise and
-bias / cupping field. ``docs/phantoms_cxr_brain.md`` lists every parameter with its source.
+bias / cupping field. ``docs/data.md`` lists every parameter with its source.
 """
 
 from __future__ import annotations

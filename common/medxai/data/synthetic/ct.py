@@ -15,7 +15,7 @@ lesion blobs on a contiguous run of slices:
 
 Acquisition is simulated per "centre" (:data:`CENTRES`): reconstruction field of view (pixel spacing), slice
 thickness (partial volume: each slice averages sub-slices across its thickness), reconstruction kernel
-blur, HU calibration (scale and offset) and image noise. See ``docs/phantoms_ct.md`` for every parameter
+blur, HU calibration (scale and offset) and image noise. See ``docs/data.md`` for every parameter
 and its source and for what is not modelled.
 
 Conventions: arrays are (X, Y, Z) with X towards the patient's right, Y anterior and Z superior (RAS), so a
@@ -81,7 +81,7 @@ TISSUE_HU: Mapping[str, float] = MappingProxyType(
         "cortical_bone": 900.0,  # vertebral cortex, lamina and processes
     }
 )
-"""Nominal tissue densities (HU) before calibration; sources in ``docs/phantoms_ct.md``."""
+"""Nominal tissue densities (HU) before calibration; sources in ``docs/data.md``."""
 
 LOBES: Mapping[int, str] = MappingProxyType(
     {1: "right upper", 2: "right middle", 3: "right lower", 4: "left upper", 5: "left lower"}

@@ -10,7 +10,7 @@ tissue are bright and aerated lung dark, as on a real radiograph.
 
 Attenuation is taken at an effective energy of 60 keV (typical of a 110-125 kVp chest beam); soft
 materials are described by their CT number, ``mu = mu_water * (1 + HU / 1000)``, with the same HU values as
-the CT phantom (lung -850 HU, ground-glass -500 HU, consolidation +30 HU). ``docs/phantoms_cxr_brain.md``
+the CT phantom (lung -850 HU, ground-glass -500 HU, consolidation +30 HU). ``docs/data.md``
 lists every parameter with its source and what is not modelled.
 
 Coordinates: images are (rows, columns) = (H, W); the patient's right is on the image left (PA view).
