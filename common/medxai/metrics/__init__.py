@@ -1,10 +1,11 @@
-"""Metrics: explanation quality (perturbation curves, localisation, sanity checks).
+"""Metrics: patient-level classification, and explanation quality (perturbation curves, localisation, sanity).
 
 All take batches of 2D (B, 1, H, W) or 3D (B, 1, D, H, W) maps and masks and return one value per sample.
 """
 
 from __future__ import annotations
 
+from medxai.metrics.classification import classification_report, plot_confusion, plot_pr, plot_roc, roc_pr_curves
 from medxai.metrics.localization import (
     binarize_maps,
     energy_pointing_game,
@@ -17,6 +18,11 @@ from medxai.metrics.perturbation_curves import aopc_morf, aoppc, average_drop_in
 from medxai.metrics.sanity import cascading_randomization
 
 __all__ = [
+    "classification_report",
+    "roc_pr_curves",
+    "plot_roc",
+    "plot_pr",
+    "plot_confusion",
     "aoppc",
     "deletion",
     "insertion",

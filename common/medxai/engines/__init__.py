@@ -1,0 +1,22 @@
+"""Ignite handlers for MONAI workflows: explanation overlays and learning rate in TensorBoard, and
+patient-level classification reports at every evaluation."""
+
+from __future__ import annotations
+
+from medxai.engines.handlers import (
+    ClassificationReportHandler,
+    ExplanationImageHandler,
+    LearningRateLogger,
+    case_name_of,
+    explainer_maps,
+    output_maps,
+)
+
+__all__ = [
+    "ExplanationImageHandler",
+    "ClassificationReportHandler",
+    "LearningRateLogger",
+    "output_maps",
+    "explainer_maps",
+    "case_name_of",
+]

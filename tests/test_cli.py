@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from monai.data import load_decathlon_datalist
+
+from medxai.cli import datalist, demo_data
+
+
+def test_demo_data_generates_real_ct_phantoms_and_summarises(tmp_path, capsys):
+    demo_data(sets="ct", output_dir=str(tmp_path), num_cases=6, shape=(32, 32, 16))
+    out = capsys.readouterr().out
+    paths = list(tmp_path.glob("demo_ct_*/datalist.json"))
+    assert len(paths) == 1 and str(paths[0]) in out
+    content = json.loads(paths[0].read_text())
+    n_cases = sum(len(content[s]) for s in ("training", "validation", "test"))
+    assert n_cases == 6
+    # the printed per-split counts equal the datalist
+    for split in ("training", "validation", "test"):
+        assert f"{split:<10} {len(content[split]):>4} cases" in out
+    records = load_decathlon_datalist(str(paths[0]), data_list_key="training")
+    assert all(Path(r["image"]).is_file() and Path(r["lesion_mask"]).is_file() for r in records)
+    # a second call reuses the cache instead of regenerating
+    mtime = paths[0].stat().st_mtime_ns
+    demo_data(sets="ct", output_dir=str(tmp_path), num_cases=6, shape=(32, 32, 16))
+    assert paths[0].stat().st_mtime_ns == mtime
+
+
+def test_datalist_command_on_shared_ucsd_subset(shared_data, tmp_path, capsys):
+    output = tmp_path / "ucsd.json"
+    datalist("covid_ct_ucsd_manifest", str(shared_data / "covid_ct_ucsd"), output=str(output), split="predefined")
+    printed = capsys.readouterr().out
+    content = json.loads(output.read_text())
+    summary = json.loads(printed.split("\n", 1)[1])
+    assert summary["training"]["cases"] == len(content["training"]) == 431
+    assert summary["validation"]["cases"] == len(content["validation"]) == 116
+
+
+def test_console_script_lists_datasets():
+    result = subprocess.run(
+        [sys.executable, "-c", "from medxai.cli import main; import sys; sys.argv=['medxai','datasets']; main()"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert {"covid_ct_ucsd", "mosmeddata", "ieee8023_cxr", "kermany_cxr", "cc_ccii", "covidx_cxr"} <= set(names)
