@@ -1,0 +1,11 @@
+"""Losses: MIL patient-level BCE with the noisy slice-label term (seed 003 eq. 7, 11, 12) and the slice-level baseline.
+
+Bundle configs reference them as ``medxai.losses.<name>``, e.g.
+``{"_target_": "medxai.losses.MILLoss", "lambda_noisy": 0.0001}``.
+"""
+
+from __future__ import annotations
+
+from medxai.losses.mil import MILLoss, SliceLevelLoss, one_hot_targets
+
+__all__ = ["MILLoss", "SliceLevelLoss", "one_hot_targets"]

@@ -1,0 +1,41 @@
+"""Networks: backbone factory, EDM (CAM head), SIM (slice integration), NCM (noise correction), CT MIL classifier.
+
+Bundle configs reference them as ``medxai.networks.<name>``, e.g.
+``{"_target_": "medxai.networks.CTMILNet", "backbone": "resnet50", "section_length": 16}``.
+"""
+
+from __future__ import annotations
+
+from medxai.networks.backbones import BackboneSpec, TinyTrunk, create_backbone, list_backbones, register_backbone
+from medxai.networks.ct_mil import POOLING_MODES, CTMILNet
+from medxai.networks.edm import EDMHead
+from medxai.networks.ncm import NoiseTransitionHead, noisy_posterior
+from medxai.networks.sim import (
+    INTEGRATION_MODES,
+    SliceIntegration,
+    patient_logit,
+    patient_probability,
+    section_logits,
+    section_probabilities,
+    split_sections,
+)
+
+__all__ = [
+    "BackboneSpec",
+    "TinyTrunk",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+    "CTMILNet",
+    "POOLING_MODES",
+    "EDMHead",
+    "NoiseTransitionHead",
+    "noisy_posterior",
+    "INTEGRATION_MODES",
+    "SliceIntegration",
+    "split_sections",
+    "section_logits",
+    "section_probabilities",
+    "patient_logit",
+    "patient_probability",
+]
