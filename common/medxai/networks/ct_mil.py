@@ -195,8 +195,18 @@ class CTMILNet(nn.Module):
         """
         return self.forward_details(x)["cams"]
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, return_details: Optional[bool] = None
+    ) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Patient logits (B, num_classes), or the :meth:`forward_details` dict when ``return_details``.
+
+        ``return_details=None`` uses the ``return_details`` attribute. Passing the keyword per call (as
+        :class:`medxai.engines.inferers.DetailsInferer` does) works through ``DistributedDataParallel``,
+        which forwards keyword arguments, so one network object can serve a trainer that needs every
+        intermediate and an evaluator that needs plain logits.
+        """
         details = self.forward_details(x)
-        if self.return_details:
+        want = self.return_details if return_details is None else return_details
+        if want:
             return details
         return details["patient_logits"]

@@ -1,0 +1,26 @@
+"""MONAI-style transforms for CT volumes: sanity checks, lung mask and crop, slice-consistent augmentation.
+
+Array transforms beside dictionary transforms (suffix ``d``), on channel-first MetaTensors ``(C, H, W, D)``
+with axial slices along the last axis; geometric transforms update the affine and are invertible.
+"""
+
+from __future__ import annotations
+
+from medxai.transforms.checks import CheckVolume, CheckVolumed, case_name
+from medxai.transforms.lung import CropToLungd, LungMask, LungMaskd, lung_bounding_box, lung_mask
+from medxai.transforms.slices import RandResizedCropSlicesd, ResizeSlicesd, SampleSlicesd, sample_crop_box
+
+__all__ = [
+    "CheckVolume",
+    "CheckVolumed",
+    "case_name",
+    "CropToLungd",
+    "LungMask",
+    "LungMaskd",
+    "lung_bounding_box",
+    "lung_mask",
+    "RandResizedCropSlicesd",
+    "ResizeSlicesd",
+    "SampleSlicesd",
+    "sample_crop_box",
+]
