@@ -166,3 +166,14 @@ def test_learns_a_toy_mil_task_from_bag_labels_only():
     positives = torch.nonzero(y_test).flatten()
     hits = lesion[positives, top_slice[positives]].float().mean()
     assert hits > 0.8  # chance: 1.5 / 16
+
+
+def test_collated_metatensor_batch_is_accepted():
+    from monai.data import MetaTensor, list_data_collate
+
+    net = CTMILNet(backbone="tiny", section_length=2, k=1, use_ncm=False).eval()
+    volumes = [MetaTensor(torch.rand(1, 16, 16, 4), meta={"filename_or_obj": f"v{i}.nii.gz"}) for i in range(2)]
+    batch = list_data_collate([{"image": v} for v in volumes])["image"]
+    with torch.no_grad():
+        expected = net(torch.stack([v.as_tensor() for v in volumes]))
+        assert torch.allclose(net(batch), expected)

@@ -159,6 +159,10 @@ class CTMILNet(nn.Module):
     def forward_details(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Patient logits and every intermediate (see the class docstring) for volumes (B, C_in, H, W, D)."""
         self._check_input(x)
+        # A collated batch of MONAI MetaTensors cannot be reshaped across samples (per-sample metadata):
+        # the network only needs the values. (TorchScript has no MetaTensor: the branch is skipped there.)
+        if not torch.jit.is_scripting():
+            x = x.as_subclass(torch.Tensor)
         b, c, h, w, d = x.shape
         slices = x.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
         per_slice = self._slices_forward(slices)
