@@ -77,3 +77,16 @@ def test_slice_level_report_equals_classification_report(tmp_path):
     assert report["auc"] == pytest.approx(expected["auc"]) == 1.0
     assert report["cases"] == 2 and report["skipped_cases"] == 1
     assert engine.state.metrics["slice_accuracy"] == pytest.approx(expected["accuracy"])
+
+
+def test_masks_and_slice_labels_are_read_from_the_batch_like_monai_evaluators(tmp_path):
+    mask = np.zeros((4, 4, 2), dtype=np.uint8)
+    mask[:2, :2, 0] = 1
+    case = _case("ct_0005", mask.astype(float), mask, np.zeros((2, 2)), [0, 1])
+    batch_only = {"lesion_mask", "slice_labels"}
+    engine = Engine(lambda e, batch: [{k: v for k, v in item.items() if k not in batch_only} for item in batch])
+    LocalizationMetricsHandler(tmp_path).attach(engine)
+    SliceLevelReportHandler(tmp_path).attach(engine)
+    engine.run([[case]], max_epochs=1)
+    assert engine.state.metrics["energy_share"] == 1.0
+    assert json.loads((tmp_path / "slice_metrics.json").read_text())["cases"] == 1

@@ -62,7 +62,14 @@ class _PerCaseHandler(ABC):
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def collect(self, engine: Engine) -> None:
-        for index, item in enumerate(_as_items(engine.state.output, "output")):
+        outputs = _as_items(engine.state.output, "output")
+        # MONAI evaluators keep datalist fields (masks, slice labels) in engine.state.batch and only
+        # image/label/pred (+ postprocessing keys) in engine.state.output: read both, output first.
+        batch = _as_items(engine.state.batch, "batch")
+        if len(batch) != len(outputs):
+            batch = [{}] * len(outputs)
+        for out_item, batch_item in zip(outputs, batch):
+            item = {**batch_item, **out_item}
             name = case_name_of(item, self.image_key) or f"case-{len(self.records):05d}"
             record = self.measure(item, name)
             if record is not None:
