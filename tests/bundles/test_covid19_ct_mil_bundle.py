@@ -145,3 +145,28 @@ def test_explain_writes_lime_shap_and_embeddings(trained_bundle):
             rows = list(csv.DictReader(f))
         assert rows and {"case", "slice", "x", "y", "label", "group"} <= set(rows[0])
         assert Image.open(out / f"embedding_{method}.png").format == "PNG"
+
+
+def test_multi_gpu_config_trains_on_two_cpu_ranks_with_gloo(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    (bundle / "tiny.json").write_text(json.dumps({**TINY, "num_iterations": 4}))
+    env = {**os.environ, "MEDXAI_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    configs = [str(bundle / "configs" / c) for c in ("train.json", "multi_gpu_train.json")] + [str(bundle / "tiny.json")]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "training", "--config_file", str(configs), "--bundle_root", str(bundle),
+        "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--logging_file", str(bundle / "configs" / "logging.conf"),
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    # both ranks ran their trainer to the end (each logs its own completion)
+    assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2
+    from medxai.networks.ct_mil import CTMILNet
+
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DDP
+    net = CTMILNet(backbone="tiny", section_length=TINY["section_length"], k=TINY["top_k"])
+    net.load_state_dict(state)
