@@ -188,3 +188,23 @@ def test_timm_prefix_and_unknown_names():
         create_backbone("timm:not_a_net")
     with pytest.raises(InputError, match="in_channels must be >= 1"):
         create_backbone("tiny", in_channels=0)
+
+
+def test_small_resnet_demo_trunk_is_resnet_blocks_at_stride_8():
+    from torchvision.models.resnet import BasicBlock
+
+    from medxai.networks.backbones import create_backbone, list_backbones
+
+    assert "small_resnet" in list_backbones()
+    trunk, k = create_backbone("small_resnet", in_channels=1)
+    assert k == 64
+    assert all(isinstance(getattr(trunk, f"layer{i}"), BasicBlock) for i in (1, 2, 3))
+    out = trunk(torch.rand(2, 1, 96, 64))
+    assert out.shape == (2, 64, 12, 8)
+    # translation equivariance at stride 8: shifting the input by 8 px shifts the output by one cell
+    # (compared away from the zero-padded borders, which the receptive field reaches)
+    trunk.eval()
+    x = torch.rand(1, 1, 256, 256)
+    a = trunk(x)[..., 12:-12, 12:-12]
+    b = trunk(torch.roll(x, shifts=8, dims=3))[..., 12:-12, 13:-11]
+    assert torch.allclose(a, b, atol=1e-5)

@@ -345,6 +345,49 @@ def _tiny(in_channels: int) -> tuple[nn.Module, int]:
     return trunk, trunk.num_features
 
 
+class SmallResNetTrunk(nn.Module):
+    """A small ResNet (3x3 stem and three stride-2 stages of torchvision ``BasicBlock``), for CPU demos.
+
+    Maps (N, C_in, H, W) to (N, widths[-1], H / 8, W / 8). Not a published architecture: the demo overlays
+    use it where ResNet-50 would make a CPU run take hours; its stages are ResNet's own blocks, so CAM,
+    Grad-CAM and LRP treat it like a ResNet.
+
+    Parameters
+    ----------
+    in_channels
+        Input channels.
+    widths
+        Channels of the stem and of the three stages.
+    """
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, int, int, int] = (8, 16, 32, 64)) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        stem, *stages = (int(w) for w in widths)
+        self.conv1 = nn.Conv2d(in_channels, stem, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        blocks, previous = [], stem
+        for width in stages:
+            downsample = nn.Sequential(
+                nn.Conv2d(previous, width, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(width)
+            )
+            blocks.append(BasicBlock(previous, width, stride=2, downsample=downsample))
+            previous = width
+        self.layer1, self.layer2, self.layer3 = blocks
+        self.num_features = previous
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+@register_backbone("small_resnet", "conv1", ())
+def _small_resnet(in_channels: int) -> tuple[nn.Module, int]:
+    trunk = SmallResNetTrunk(in_channels)
+    return trunk, trunk.num_features
+
+
 # ------------------------------------------------------------------------------------------ factory
 
 
