@@ -67,12 +67,18 @@ def _spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
 class _UpsampledMaps(Explainer):
     """CAM-family base: :meth:`feature_maps` at feature resolution, upsampled to the input by :meth:`attribute`."""
 
-    @abstractmethod
     def feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
-        """The maps (B, 1, *spatial') at the resolution the method computes them."""
+        """The maps (B, 1, *spatial') at the resolution the method computes them (input validated)."""
+        check_batch(x)
+        return self._feature_maps(x, target)
+
+    @abstractmethod
+    def _feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
+        """:meth:`feature_maps` on an input already validated (by ``__call__`` or :meth:`feature_maps`)."""
 
     def attribute(self, x: torch.Tensor, target: Any, **kwargs: Any) -> torch.Tensor:
-        return upsample_map(self.feature_maps(x, target), x.shape[2:]).to(x.device)
+        # __call__ has validated x already: validating again would cost a full isfinite pass per call
+        return upsample_map(self._feature_maps(x, target), x.shape[2:]).to(x.device)
 
 
 @register_explainer("cam")
@@ -132,9 +138,8 @@ class CAM(_UpsampledMaps):
             + "."
         )
 
-    def feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
+    def _feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
         """The maps (B, 1, *spatial') at the target layer's resolution, before upsampling."""
-        check_batch(x)
         with torch.no_grad(), LayerCapture(self.model, self.target_layer) as capture:
             logits = select_output(self.model(x), self.output_key)
             features = _check_feature_map(capture.activation(0), x, f"target layer '{self._layer_name}' output")
@@ -205,9 +210,8 @@ class EDMActivationMap(_UpsampledMaps):
                 maps = select_output(self.model(x), self.map_key)
         return _check_feature_map(maps, x, "the EDM activation map")
 
-    def feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
+    def _feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
         """The target class's map (B, 1, *spatial') at the network's resolution, before upsampling."""
-        check_batch(x)
         maps = self.activation_maps(x)
         scores = maps.mean(dim=_spatial_dims(maps))  # eq. 3: the class score is the map's spatial mean
         targets = resolve_targets(target, x.shape[0], scores).to(maps.device)
@@ -255,9 +259,8 @@ class _GradientCAM(_UpsampledMaps):
             gradient = capture.gradient(scores.sum(), self.layer_call)
         return activation.detach(), gradient.detach(), scores.detach()
 
-    def feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
+    def _feature_maps(self, x: torch.Tensor, target: Any = None) -> torch.Tensor:
         """The maps (B, 1, *spatial') at the target layer's resolution, before upsampling."""
-        check_batch(x)
         activation, gradient, scores = self.feature_map_and_gradient(x, target)
         weights = self.channel_weights(activation, gradient, scores)
         maps = (weights * activation).sum(dim=1, keepdim=True)
