@@ -48,3 +48,31 @@ def test_console_script_lists_datasets():
     )
     names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
     assert {"covid_ct_ucsd", "mosmeddata", "ieee8023_cxr", "kermany_cxr", "cc_ccii", "covidx_cxr"} <= set(names)
+
+
+def test_demo_dry_run_prints_the_monai_bundle_commands(capsys):
+    from medxai.cli import DEMO_STEPS, demo
+
+    demo(steps="training,explain", dry_run=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["== training", "== explain"]
+    training, explain = lines
+    assert " -m monai.bundle run training --config_file " in training
+    # demo.json is merged last, after the step's own configs, and the bundle root is absolute
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "covid19_ct_mil_classification"
+    files = [f"'{bundle / 'configs' / name}'" for name in DEMO_STEPS["explain"][1]]
+    assert f'"[{",".join(files)}]"' in explain
+    assert explain.index("inference.json") < explain.index("explain.json") < explain.index("demo.json")
+    assert f"--bundle_root {bundle}" in explain
+
+
+def test_demo_rejects_an_unknown_bundle_or_step(tmp_path):
+    import pytest
+
+    from medxai.cli import bundle_command, demo
+    from medxai.errors import InputError
+
+    with pytest.raises(InputError, match="no bundle with a configs/demo.json at"):
+        demo(bundle="no_such_bundle", bundles_dir=str(tmp_path), dry_run=True)
+    with pytest.raises(InputError, match="unknown demo step 'train'"):
+        bundle_command(tmp_path, "train")

@@ -2,6 +2,8 @@
 
 Examples::
 
+    medxai demo                            # CT MIL demo: train on CPU, evaluate, explain (monai.bundle)
+    medxai demo --steps training --dry_run # print the monai.bundle commands only
     medxai demo-data                       # generate every synthetic demo set and print a summary
     medxai demo-data --sets ct --output_dir /tmp/demo
     medxai datasets                        # the public datasets a datalist can be built for
@@ -11,6 +13,10 @@ Examples::
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +25,18 @@ from typing import Any
 import fire
 
 from medxai.data.demo import DEMO_SETS, ensure_demo_dataset, summarize_datalist
+from medxai.errors import InputError
 
-__all__ = ["demo_data", "datalist", "datasets", "main"]
+__all__ = ["demo", "demo_data", "datalist", "datasets", "bundle_command", "main"]
+
+#: demo step -> (``monai.bundle run`` id, config files merged in order; ``demo.json`` comes last)
+DEMO_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "training": ("training", ("train.json", "demo.json")),
+    "evaluate": ("run", ("train.json", "evaluate.json", "demo.json")),
+    "inference": ("run", ("inference.json", "demo.json")),
+    "explain": ("run", ("inference.json", "explain.json", "demo.json")),
+}
+_REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def _as_list(value: str | Sequence[str] | None, default: Sequence[str]) -> list[str]:
@@ -29,6 +45,77 @@ def _as_list(value: str | Sequence[str] | None, default: Sequence[str]) -> list[
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return [str(v) for v in value]
+
+
+def bundle_command(bundle_root: str | Path, step: str) -> list[str]:
+    """The ``python -m monai.bundle run`` command line of one demo step of the bundle at ``bundle_root``.
+
+    ``step`` is a key of :data:`DEMO_STEPS`; the configs are merged in the listed order with ``demo.json``
+    last, and ``--bundle_root`` makes the command independent of the working directory.
+    """
+    if step not in DEMO_STEPS:
+        raise InputError(f"unknown demo step '{step}'; expected one of {', '.join(DEMO_STEPS)}.")
+    root = Path(bundle_root).resolve()
+    run_id, configs = DEMO_STEPS[step]
+    files = ",".join(f"'{root / 'configs' / name}'" for name in configs)
+    return [
+        sys.executable, "-m", "monai.bundle", "run", *([run_id] if run_id != "run" else []),
+        "--config_file", f"[{files}]",
+        "--bundle_root", str(root),
+        "--meta_file", str(root / "configs" / "metadata.json"),
+        "--logging_file", str(root / "configs" / "logging.conf"),
+    ]  # fmt: skip
+
+
+def _display(command: Sequence[str]) -> str:
+    """A shell-pasteable form of ``command`` (the config list in double quotes, as in the bundle docs)."""
+    return " ".join(f'"{part}"' if part.startswith("[") else shlex.quote(part) for part in command)
+
+
+def demo(
+    bundle: str = "covid19_ct_mil_classification",
+    steps: str | Sequence[str] = "training,evaluate,explain",
+    bundles_dir: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Run a bundle's CPU demo with ``python -m monai.bundle``: train, evaluate and explain.
+
+    Each step is the bundle's own config with ``configs/demo.json`` merged last (see :func:`bundle_command`);
+    the commands are printed before they run, so they can be copied. Outputs go where the bundle puts them:
+    ``models/model.pt`` and ``eval/`` (metrics, ROC/PR/confusion plots, ``eval/explain`` with the per-case
+    maps, boxes, sentences, LIME/SHAP and embeddings) inside the bundle folder. The demo data are generated
+    on first use (cached, ``$MEDXAI_CACHE``).
+
+    Parameters
+    ----------
+    bundle
+        Bundle folder name under ``bundles_dir``.
+    steps
+        Comma-separated among ``training,evaluate,inference,explain``.
+    bundles_dir
+        Folder holding the bundles (default: ``bundles/`` of this repository checkout).
+    dry_run
+        Print the commands without running them.
+    """
+    root = Path(bundles_dir) if bundles_dir is not None else _REPO_BUNDLES
+    bundle_root = root / bundle
+    if not (bundle_root / "configs" / "demo.json").is_file():
+        raise InputError(f"no bundle with a configs/demo.json at '{bundle_root}'; pass --bundles_dir.")
+    for step in _as_list(steps, list(DEMO_STEPS)):
+        command = bundle_command(bundle_root, step)
+        print(f"== {step}: {_display(command)}", flush=True)
+        if dry_run:
+            continue
+        start = time.perf_counter()
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        print(f"== {step} took {time.perf_counter() - start:.0f} s", flush=True)
+    metrics = bundle_root / "eval" / "metrics.json"
+    if not dry_run and metrics.is_file():
+        report = json.loads(metrics.read_text())
+        figures = ", ".join(
+            f"{key} {report[key]:.3f}" for key in ("auc", "sensitivity", "specificity") if report.get(key) is not None
+        )
+        print(f"held-out {report.get('n_cases')} cases: {figures} ({metrics})")
 
 
 def demo_data(sets: str | Sequence[str] | None = None, output_dir: str | None = None, **overrides: Any) -> None:
@@ -87,7 +174,7 @@ def datasets() -> None:
 
 def main() -> None:
     """Entry point of the ``medxai`` console script."""
-    fire.Fire({"demo-data": demo_data, "datalist": datalist, "datasets": datasets})
+    fire.Fire({"demo": demo, "demo-data": demo_data, "datalist": datalist, "datasets": datasets})
 
 
 if __name__ == "__main__":

@@ -69,8 +69,13 @@ class TrialConfig:
 
     Attributes
     ----------
-    num_cases, data_seed
-        Demo-set size and seed (:func:`ensure_demo_dataset` overrides; the bundle's demo set is 60, seed 0).
+    num_cases, data_seed, class_names, shape, severities
+        Demo-set size, seed, comma-separated classes, ``X,Y,Z`` grid and ``name:share,...`` severity mix
+        (:func:`ensure_demo_dataset` overrides; empty severities: the generator's default mix; the
+        bundle's default demo set is 60 cases, seed 0, all three classes, 128x128x64).
+    cross_centre
+        ``"A>B"``: train and validate on centre A's patients, test on every centre-B patient; empty: the
+        datalist's own patient-level splits (both centres everywhere).
     backbone
         Trunk name for :func:`medxai.networks.backbones.create_backbone` (``"tiny"``, ``"resnet18"``, ...).
     size
@@ -105,6 +110,10 @@ class TrialConfig:
 
     num_cases: int = 60
     data_seed: int = 0
+    class_names: str = "normal,pneumonia,covid19"
+    shape: str = "128,128,64"
+    severities: str = ""
+    cross_centre: str = ""
     backbone: str = "tiny"
     size: int = 64
     num_slices: int = 0
@@ -218,22 +227,52 @@ def _report(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     return {key: (None if report[key] is None else round(float(report[key]), 4)) for key in keys}
 
 
+def _split_records(cfg: TrialConfig, datalist: Path, split: str) -> list[dict[str, Any]]:
+    """Records of ``split``; with ``cross_centre = "A>B"``, training/validation keep centre A's patients and
+    the test set is every centre-B patient of the whole set (patient-disjoint: a patient has one centre)."""
+    if not cfg.cross_centre:
+        return load_datalist(datalist, split, label_key="covid", num_classes=2)
+    source, target = cfg.cross_centre.split(">")
+    if split != "test":
+        return [r for r in load_datalist(datalist, split, label_key="covid", num_classes=2) if r["centre"] == source]
+    return [
+        r
+        for name in ("training", "validation", "test")
+        for r in load_datalist(datalist, name, label_key="covid", num_classes=2)
+        if r["centre"] == target
+    ]
+
+
 def _dataset(cfg: TrialConfig, datalist: Path, split: str, train: bool) -> CacheDataset:
-    records = load_datalist(datalist, split, label_key="covid", num_classes=2)
-    records = [{"image": r["image"], "label": r["label"]} for r in records]
+    records = [{"image": r["image"], "label": r["label"]} for r in _split_records(cfg, datalist, split)]
     deterministic, random = build_transforms(cfg, train)
     transform = Compose([*deterministic.transforms, *random.transforms])
     return CacheDataset(records, transform=transform, cache_rate=1.0, num_workers=0, progress=False)
 
 
-def run_trial(cfg: TrialConfig, log=print) -> dict[str, Any]:
-    """Train and evaluate one setting; return its settings, phase times (s) and metrics."""
+def run_trial(cfg: TrialConfig, log=print, track_test: bool = False) -> dict[str, Any]:
+    """Train and evaluate one setting; return its settings, phase times (s) and metrics.
+
+    The test split is evaluated with the last epoch's weights (``test``) and with those of the first epoch
+    reaching the best validation AUC (``test_best_val``, as a MONAI ``CheckpointSaver`` keyed on the
+    validation AUC keeps them). ``track_test`` adds the test AUC at every validation to the history, for
+    learning-curve diagnostics only (nothing is selected on it).
+    """
     torch.set_num_threads(cfg.threads)
     times: dict[str, float] = {}
     start_all, cpu_all = time.perf_counter(), time.process_time()
 
     start = time.perf_counter()
-    datalist = ensure_demo_dataset("ct", num_cases=cfg.num_cases, seed=cfg.data_seed)
+    data_overrides: dict[str, Any] = {"num_cases": cfg.num_cases, "seed": cfg.data_seed}
+    if cfg.class_names != TrialConfig.class_names:
+        data_overrides["class_names"] = tuple(cfg.class_names.split(","))
+    if cfg.shape != TrialConfig.shape:
+        data_overrides["shape"] = tuple(int(v) for v in cfg.shape.split(","))
+    if cfg.severities:
+        data_overrides["severities"] = {
+            name: float(share) for name, share in (item.split(":") for item in cfg.severities.split(","))
+        }
+    datalist = ensure_demo_dataset("ct", **data_overrides)
     times["demo_set"] = time.perf_counter() - start
 
     set_determinism(seed=cfg.seed)
@@ -259,6 +298,9 @@ def run_trial(cfg: TrialConfig, log=print) -> dict[str, Any]:
     times["train"] = 0.0
     times["validate"] = 0.0
     history: list[dict[str, Any]] = []
+    best_val_auc: float | None = None
+    best_epoch = 0
+    best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         net.train()
@@ -276,13 +318,24 @@ def run_trial(cfg: TrialConfig, log=print) -> dict[str, Any]:
         if cfg.val_every > 0 and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             start = time.perf_counter()
             entry["val"] = _report(*predict(net, val_loader, cfg.num_classes))
+            val_auc = entry["val"]["auc"]
+            # as MONAI's CheckpointSaver(key_metric_name=...): keep the first epoch with the best validation AUC
+            if val_auc is not None and (best_val_auc is None or val_auc > best_val_auc):
+                best_val_auc, best_epoch = val_auc, epoch
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             times["validate"] += time.perf_counter() - start
+            if track_test:  # diagnostics only: never used to choose anything
+                entry["test_peek"] = _report(*predict(net, test_loader, cfg.num_classes))["auc"]
         history.append(entry)
         log(f"[epoch {epoch:3d}] " + json.dumps({k: v for k, v in entry.items() if k != "epoch"}))
 
     start = time.perf_counter()
     labels, scores = predict(net, test_loader, cfg.num_classes)
     test = _report(labels, scores)
+    test_best = None
+    if best_state is not None:
+        net.load_state_dict(best_state)
+        test_best = {"epoch": best_epoch, "val_auc": best_val_auc, **_report(*predict(net, test_loader, cfg.num_classes))}
     times["test"] = time.perf_counter() - start
     times["total"] = time.perf_counter() - start_all
     # CPU seconds of this process (all threads): on a busy shared machine, cpu / threads estimates the
@@ -292,12 +345,14 @@ def run_trial(cfg: TrialConfig, log=print) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "test": test,
+        "test_best_val": test_best,
         "test_scores": {"labels": labels.tolist(), "covid_prob": [round(float(s), 4) for s in scores]},
         "history": history,
         "torch": torch.__version__,
     }
     log(f"[times s] {json.dumps(result['times_s'])}")
-    log(f"[test] {json.dumps(test)}")
+    log(f"[test, last epoch] {json.dumps(test)}")
+    log(f"[test, best validation AUC] {json.dumps(test_best)}")
     return result
 
 
@@ -306,6 +361,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named trial (flags below override it)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds, one trial each")
     parser.add_argument("--name", default=None, help="label stored with the results")
+    parser.add_argument("--track-test", action="store_true", help="log the test AUC at every validation (diagnostics)")
     parser.add_argument("--results", default=None, help="JSON-lines file to append every trial's result to")
     for field in dataclasses.fields(TrialConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -334,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         cfg = TrialConfig(**{**overrides, "seed": seed})
         name = args.name or args.preset or "custom"
         print(f"=== trial {name} seed {seed}: {json.dumps(overrides)}", flush=True)
-        result = {"name": name, **run_trial(cfg, log=lambda m: print(m, flush=True))}
+        result = {"name": name, **run_trial(cfg, log=lambda m: print(m, flush=True), track_test=args.track_test)}
         results.append(result)
         if args.results:
             path = Path(args.results)

@@ -1,1 +1,3 @@
 """medxai.data."""
+
+from medxai.data.fault_tolerant import BadCase, FaultTolerantDataLoader, FaultTolerantDataset  # noqa: F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medxai.transforms.checks import CheckVolume, CheckVolumed, case_name
 from medxai.transforms.lung import CropToLungd, LungMask, LungMaskd, lung_bounding_box, lung_mask
+from medxai.transforms.slice_sampling import RandSampleSliced
 from medxai.transforms.slices import RandResizedCropSlicesd, ResizeSlicesd, SampleSlicesd, sample_crop_box
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "RandResizedCropSlicesd",
     "ResizeSlicesd",
     "SampleSlicesd",
+    "RandSampleSliced",
     "sample_crop_box",
 ]
