@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_runner import OVERLAY_NAME, REPO, copy_bundle
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
 
 TINY = {
@@ -57,39 +53,21 @@ def _write_cases(root: Path) -> Path:
     return datalist
 
 
-def _config_files(bundle: Path, *names: str) -> list[str]:
-    return [str(bundle / "configs" / n) for n in names] + [str(bundle / "tiny.json")]
-
-
 @pytest.fixture(scope="module")
 def bundle_with_bad_cases(tmp_path_factory):
     from monai.bundle import ConfigParser
 
     root = tmp_path_factory.mktemp("ct_mil_bad")
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
     datalist = _write_cases(root / "data")
-    (bundle / "tiny.json").write_text(json.dumps({**TINY, "dataset_dir": str(datalist)}))
+    copy = copy_bundle(BUNDLE.name, root, {**TINY, "dataset_dir": str(datalist)})
     # the checkpoint: the tiny network exactly as the inference config builds it, before any training
     parser = ConfigParser()
-    parser.read_config(_config_files(bundle, "inference.json"))
+    parser.read_config(copy.config_files("inference.json"))
     torch.manual_seed(0)
-    (bundle / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
-    env = {**os.environ, "MEDXAI_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
-    elsewhere = root / "elsewhere"
-    elsewhere.mkdir()
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "run",
-        "--config_file", str(_config_files(bundle, "inference.json")),
-        "--bundle_root", str(bundle),
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
-    return bundle, datalist, log
+    (copy.bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), copy.bundle / "models" / "model.pt")
+    log = copy.run("inference.json")
+    return copy.bundle, datalist, log
 
 
 def test_every_good_case_gets_its_outputs(bundle_with_bad_cases):
@@ -130,7 +108,7 @@ def test_explain_overlay_moves_the_report_with_its_outputs(bundle_with_bad_cases
 
     bundle, _, _ = bundle_with_bad_cases
     parser = ConfigParser()
-    parser.read_config(_config_files(bundle, "inference.json", "explain.json"))
+    parser.read_config([str(bundle / "configs" / n) for n in ("inference.json", "explain.json")] + [str(bundle / OVERLAY_NAME)])
     parser["bundle_root"] = str(bundle)
     assert parser.get_parsed_content("bad_cases_path") == f"{bundle}/eval/explain/bad_cases.json"
     assert parser["dataloader"]["report_path"] == "@bad_cases_path"

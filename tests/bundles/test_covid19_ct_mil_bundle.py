@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_runner import REPO, BundleCopy, copy_bundle
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
 
 TINY = {
@@ -41,35 +37,15 @@ TINY = {
 }
 
 
-def _run_bundle(bundle: Path, configs: list[str], cwd: Path, env: dict, run_id: str = "run") -> subprocess.CompletedProcess:
-    files = [str(bundle / "configs" / c) for c in configs] + [str(bundle / "tiny.json")]
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", run_id,
-        "--config_file", str(files),
-        "--bundle_root", str(bundle),
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ct_mil")
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    (bundle / "tiny.json").write_text(json.dumps(TINY))
-    env = {**os.environ, "MEDXAI_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
-    elsewhere = root / "elsewhere"
-    elsewhere.mkdir()
-    _run_bundle(bundle, ["train.json"], elsewhere, env, run_id="training")
-    return bundle, elsewhere, env
+def trained_bundle(tmp_path_factory) -> BundleCopy:
+    copy = copy_bundle(BUNDLE.name, tmp_path_factory.mktemp("ct_mil"), TINY)
+    copy.run("train.json", run_id="training")
+    return copy
 
 
 def test_training_writes_a_plain_state_dict_and_tensorboard_maps(trained_bundle):
-    bundle, _, _ = trained_bundle
+    bundle = trained_bundle.bundle
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert isinstance(state, dict) and any(k.startswith("edm.") for k in state)
     events = list((bundle / "eval").glob("events.out.tfevents.*"))
@@ -86,11 +62,10 @@ def test_training_writes_a_plain_state_dict_and_tensorboard_maps(trained_bundle)
 
 
 def test_evaluate_writes_patient_slice_and_localisation_metrics(trained_bundle):
-    bundle, cwd, env = trained_bundle
-    _run_bundle(bundle, ["train.json", "evaluate.json"], cwd, env)
-    out = bundle / "eval"
+    trained_bundle.run("train.json", "evaluate.json")
+    out = trained_bundle.bundle / "eval"
     report = json.loads((out / "metrics.json").read_text())
-    test_cases = json.loads(next((Path(env["MEDXAI_CACHE"])).glob("demo_ct_*/datalist.json")).read_text())["test"]
+    test_cases = json.loads(next(trained_bundle.cache.glob("demo_ct_*/datalist.json")).read_text())["test"]
     assert report["n_cases"] == len(test_cases)
     assert sum(report["counts"][k] for k in ("tp", "fp", "tn", "fn")) == len(test_cases)
     for name in ("roc.png", "pr.png", "confusion.png"):
@@ -108,10 +83,9 @@ def test_evaluate_writes_patient_slice_and_localisation_metrics(trained_bundle):
 
 
 def test_inference_writes_maps_in_input_geometry_boxes_and_sentences(trained_bundle):
-    bundle, cwd, env = trained_bundle
-    _run_bundle(bundle, ["inference.json"], cwd, env)
-    out = bundle / "eval" / "inference"
-    datalist = next(Path(env["MEDXAI_CACHE"]).glob("demo_ct_*/datalist.json"))
+    trained_bundle.run("inference.json")
+    out = trained_bundle.bundle / "eval" / "inference"
+    datalist = next(trained_bundle.cache.glob("demo_ct_*/datalist.json"))
     test_cases = json.loads(datalist.read_text())["test"]
     with open(out / "predictions.csv") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
@@ -132,9 +106,8 @@ def test_inference_writes_maps_in_input_geometry_boxes_and_sentences(trained_bun
 
 
 def test_explain_writes_lime_shap_and_embeddings(trained_bundle):
-    bundle, cwd, env = trained_bundle
-    _run_bundle(bundle, ["inference.json", "explain.json"], cwd, env)
-    out = bundle / "eval" / "explain"
+    trained_bundle.run("inference.json", "explain.json")
+    out = trained_bundle.bundle / "eval" / "explain"
     superpixel_files = list(out.glob("*/*_superpixels.json"))
     assert superpixel_files
     content = json.loads(superpixel_files[0].read_text())
@@ -148,20 +121,10 @@ def test_explain_writes_lime_shap_and_embeddings(trained_bundle):
 
 
 def test_multi_gpu_config_trains_on_two_cpu_ranks_with_gloo(tmp_path):
-    bundle = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    (bundle / "tiny.json").write_text(json.dumps({**TINY, "num_iterations": 4}))
-    env = {**os.environ, "MEDXAI_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    configs = [str(bundle / "configs" / c) for c in ("train.json", "multi_gpu_train.json")] + [str(bundle / "tiny.json")]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run", "training", "--config_file", str(configs), "--bundle_root", str(bundle),
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+    copy = copy_bundle(BUNDLE.name, tmp_path, {**TINY, "num_iterations": 4})
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    log = copy.run("train.json", "multi_gpu_train.json", run_id="training", launcher=torchrun)
+    bundle = copy.bundle
     # both ranks ran their trainer to the end (each logs its own completion)
     assert log.count("SupervisedTrainer - INFO - Engine run finished") == 2
     from medxai.networks.ct_mil import CTMILNet

@@ -10,16 +10,12 @@ carries the bundle's metadata and config. ``verify_net_in_out`` runs on the netw
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bundle_runner import REPO, BundleCopy, copy_bundle
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
 
 TINY = {
@@ -40,50 +36,22 @@ TINY = {
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")
 
 
-def _monai_bundle(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope="module")
 def exported_bundle(tmp_path_factory):
     """A bundle copy trained with :data:`TINY`, with ``models/model.pt`` exported to ``models/model.ts``."""
-    root = tmp_path_factory.mktemp("ct_mil_export")
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    (bundle / "tiny.json").write_text(json.dumps(TINY))
-    env = {**os.environ, "MEDXAI_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
-    elsewhere = root / "elsewhere"
-    elsewhere.mkdir()
-    configs = bundle / "configs"
-    _monai_bundle(
-        [
-            "run", "training",
-            "--config_file", str([str(configs / "train.json"), str(bundle / "tiny.json")]),
-            "--bundle_root", str(bundle),
-            "--meta_file", str(configs / "metadata.json"),
-            "--logging_file", str(configs / "logging.conf"),
-        ],
-        elsewhere,
-        env,
-    )
+    copy = copy_bundle(BUNDLE.name, tmp_path_factory.mktemp("ct_mil_export"), TINY)
+    copy.run("train.json", run_id="training")
     # the network definition must match the checkpoint: export with the same overlay as training
-    _monai_bundle(
-        [
-            "ckpt_export", "network_def",
-            "--filepath", str(bundle / "models" / "model.ts"),
-            "--ckpt_file", str(bundle / "models" / "model.pt"),
-            "--meta_file", str(configs / "metadata.json"),
-            "--config_file", str([str(configs / "inference.json"), str(bundle / "tiny.json")]),
-            "--bundle_root", str(bundle),
-        ],
-        elsewhere,
-        env,
-    )
-    return bundle, elsewhere, env
+    models = copy.bundle / "models"
+    copy.monai_bundle(
+        "ckpt_export", "network_def",
+        "--filepath", str(models / "model.ts"),
+        "--ckpt_file", str(models / "model.pt"),
+        "--meta_file", str(copy.bundle / "configs" / "metadata.json"),
+        "--config_file", str(copy.config_files("inference.json")),
+        "--bundle_root", str(copy.bundle),
+    )  # fmt: skip
+    return copy.bundle, copy.cwd, copy.env
 
 
 def _eager_network(bundle: Path) -> torch.nn.Module:
@@ -155,14 +123,10 @@ def test_exported_metadata_keeps_the_required_packages(exported_bundle):
 
 def test_verify_net_in_out_passes_for_the_shipped_network(exported_bundle):
     bundle, cwd, env = exported_bundle
-    result = _monai_bundle(
-        [
-            "verify_net_in_out", "network_def",
-            "--meta_file", str(bundle / "configs" / "metadata.json"),
-            "--config_file", str(bundle / "configs" / "inference.json"),
-            "--bundle_root", str(bundle),
-        ],
-        cwd,
-        env,
-    )
-    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+    log = BundleCopy(bundle, cwd, env).monai_bundle(
+        "verify_net_in_out", "network_def",
+        "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--config_file", str(bundle / "configs" / "inference.json"),
+        "--bundle_root", str(bundle),
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in log

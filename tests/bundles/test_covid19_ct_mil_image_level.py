@@ -9,17 +9,13 @@ the resolved config.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bundle_runner import REPO, BundleCopy, copy_bundle
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
 
 TINY = {
@@ -43,30 +39,9 @@ SHAPE_PROBE = (
 )
 
 
-def _run_bundle(bundle: Path, configs: list[str], cwd: Path, env: dict, run_id: str = "run") -> str:
-    files = [str(bundle / "configs" / c) for c in configs] + [str(bundle / "tiny.json")]
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", run_id,
-        "--config_file", str(files),
-        "--bundle_root", str(bundle),
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
-def bundle_copy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ct_mil_image_level")
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    (bundle / "tiny.json").write_text(json.dumps(TINY))
-    env = {**os.environ, "MEDXAI_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
-    elsewhere = root / "elsewhere"
-    elsewhere.mkdir()
-    return bundle, elsewhere, env
+def bundle_copy(tmp_path_factory) -> BundleCopy:
+    return copy_bundle(BUNDLE.name, tmp_path_factory.mktemp("ct_mil_image_level"), TINY)
 
 
 def test_resolved_config_trains_on_single_slices_with_the_patient_label(bundle_copy, monkeypatch):
@@ -74,7 +49,7 @@ def test_resolved_config_trains_on_single_slices_with_the_patient_label(bundle_c
 
     from medxai.transforms import RandSampleSliced
 
-    bundle, _, env = bundle_copy
+    bundle, env = bundle_copy.bundle, bundle_copy.env
     monkeypatch.setenv("MEDXAI_CACHE", env["MEDXAI_CACHE"])
     parser = ConfigParser()
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "image_level.json", bundle / "tiny.json"]
@@ -102,9 +77,9 @@ def test_resolved_config_trains_on_single_slices_with_the_patient_label(bundle_c
 
 
 def test_training_sees_depth_one_and_evaluation_writes_patient_and_image_level_metrics(bundle_copy):
-    bundle, cwd, env = bundle_copy
+    bundle, env = bundle_copy.bundle, bundle_copy.env
     (bundle / "configs" / "probe.json").write_text(json.dumps({"run": [SHAPE_PROBE, "$@train#trainer.run()"]}))
-    log = _run_bundle(bundle, ["train.json", "image_level.json", "probe.json"], cwd, env, run_id="training")
+    log = bundle_copy.run("train.json", "image_level.json", "probe.json", run_id="training")
     shapes = [(mode, json.loads(shape)) for mode, shape in re.findall(r"NETWORK_INPUT (train|eval) (\[[^\]]*\])", log)]
     datalist = json.loads(next(Path(env["MEDXAI_CACHE"]).glob("demo_ct_*/datalist.json")).read_text())
     n_train, n_val = len(datalist["training"]), len(datalist["validation"])
@@ -119,7 +94,7 @@ def test_training_sees_depth_one_and_evaluation_writes_patient_and_image_level_m
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("ncm.") for k in state)
 
-    _run_bundle(bundle, ["train.json", "image_level.json", "evaluate.json"], cwd, env)
+    bundle_copy.run("train.json", "image_level.json", "evaluate.json")
     test_cases = datalist["test"]
     patient = json.loads((bundle / "eval" / "metrics.json").read_text())
     assert patient["n_cases"] == len(test_cases)

@@ -1,0 +1,80 @@
+"""What the bundle tests share: a copy of a bundle with a small overlay, and ``python -m monai.bundle`` on it.
+
+Bundle tests run the bundle as a user does: a subprocess of ``python -m monai.bundle``, started from a folder
+other than the bundle (``--bundle_root`` is what matters), on a copy of the bundle (so nothing is written
+into the repository) whose ``tiny.json`` overlay, merged last, makes the run CPU-sized, with a private
+``MEDXAI_CACHE`` for the demo data. Test files import it as ``from bundle_runner import ...`` (pytest puts
+this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAY_NAME = "tiny.json"
+
+
+@dataclass(frozen=True)
+class BundleCopy:
+    """A bundle copied under a temporary folder, with its overlay, working folder and environment."""
+
+    bundle: Path
+    cwd: Path
+    env: dict[str, str]
+
+    @property
+    def cache(self) -> Path:
+        """The private demo-data cache (``MEDXAI_CACHE``)."""
+        return Path(self.env["MEDXAI_CACHE"])
+
+    def config_files(self, *configs: str) -> list[str]:
+        """Absolute paths of ``configs/<name>`` in order, then the overlay."""
+        return [str(self.bundle / "configs" / name) for name in configs] + [str(self.bundle / OVERLAY_NAME)]
+
+    def monai_bundle(self, *args: str, launcher: Sequence[str] = (), timeout: int = 600) -> str:
+        """Run ``python [launcher] -m monai.bundle *args`` from :attr:`cwd`; assert success, return the log."""
+        command = [sys.executable, *launcher, "-m", "monai.bundle", *args]
+        result = subprocess.run(command, cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-4000:]
+        return log
+
+    def run(self, *configs: str, run_id: str = "run", launcher: Sequence[str] = (), timeout: int = 600) -> str:
+        """``monai.bundle run <run_id>`` with ``configs`` (then the overlay) and the bundle's metadata and logging."""
+        return self.monai_bundle(
+            "run", run_id,
+            "--config_file", str(self.config_files(*configs)),
+            "--bundle_root", str(self.bundle),
+            "--meta_file", str(self.bundle / "configs" / "metadata.json"),
+            "--logging_file", str(self.bundle / "configs" / "logging.conf"),
+            launcher=launcher,
+            timeout=timeout,
+        )  # fmt: skip
+
+    def write_overlay(self, overlay: dict[str, Any]) -> None:
+        """Replace the overlay (``tiny.json``)."""
+        (self.bundle / OVERLAY_NAME).write_text(json.dumps(overlay))
+
+
+def copy_bundle(name: str, root: Path, overlay: dict[str, Any]) -> BundleCopy:
+    """Copy ``bundles/<name>`` (without ``models``/``eval``) to ``root/bundle`` and write ``overlay``.
+
+    The runs get ``OMP_NUM_THREADS=1``, ``MEDXAI_CACHE=root/cache`` and start from ``root/elsewhere``.
+    """
+    bundle = root / "bundle"
+    shutil.copytree(REPO / "bundles" / name, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    cwd = root / "elsewhere"
+    cwd.mkdir()
+    env = {**os.environ, "MEDXAI_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+    copy = BundleCopy(bundle=bundle, cwd=cwd, env=env)
+    copy.write_overlay(overlay)
+    return copy
