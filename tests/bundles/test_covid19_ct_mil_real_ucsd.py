@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from bundle_runner import REPO, copy_bundle
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
 SIZE = 32
 
@@ -44,20 +40,6 @@ INPUT_PROBE = (
     "@probe_dir + '/' + ('train' if module.training else 'eval') + '_' + str(next(@probe_counter)).zfill(4) "
     "+ '.pt'))"
 )
-
-
-def _run_bundle(bundle: Path, configs: list[str], cwd: Path, env: dict, run_id: str = "run") -> None:
-    files = [str(bundle / "configs" / c) for c in configs]
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", run_id,
-        "--config_file", str(files),
-        "--bundle_root", str(bundle),
-        "--dataset_dir", env["UCSD_DATALIST_DIR"],
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-    ]
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def _probe(bundle: Path, name: str, run: str) -> Path:
@@ -102,17 +84,11 @@ def ucsd_bundle(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ct_mil_ucsd")
     data_dir = root / "datalist"
     datalist = build_datalist("covid_ct_ucsd_manifest", source, output=data_dir / "datalist.json", relative=False)
-    bundle = root / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    (bundle / "configs" / "tiny.json").write_text(json.dumps(TINY))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "UCSD_DATALIST_DIR": str(data_dir)}
-    elsewhere = root / "elsewhere"
-    elsewhere.mkdir()
-    return bundle, elsewhere, env, datalist
+    return copy_bundle(BUNDLE.name, root, {**TINY, "dataset_dir": str(data_dir)}), datalist
 
 
 def test_datalist_is_patient_disjoint_with_absolute_png_paths(ucsd_bundle):
-    _, _, _, datalist = ucsd_bundle
+    _, datalist = ucsd_bundle
     splits = ("training", "validation", "test")
     patients = {name: {r["patient_id"] for r in datalist[name]} for name in splits}
     assert not (patients["training"] & patients["test"] or patients["validation"] & patients["test"])
@@ -125,10 +101,11 @@ def test_datalist_is_patient_disjoint_with_absolute_png_paths(ucsd_bundle):
 
 
 def test_training_feeds_png_slices_and_evaluation_covers_exactly_the_test_split(ucsd_bundle):
-    bundle, cwd, env, datalist = ucsd_bundle
+    copy, datalist = ucsd_bundle
+    bundle = copy.bundle
     overlay = "real_ucsd_slices.json"
     train_probe = _probe(bundle, "probe_train", "$@train#trainer.run()")
-    _run_bundle(bundle, ["train.json", overlay, "tiny.json", "probe_train.json"], cwd, env, run_id="training")
+    copy.run("train.json", overlay, "probe_train.json", run_id="training")
 
     # training: 386 slices in batches of 64 -> one epoch of 7 iterations, each slice seen once, depth 1
     n_train = len(datalist["training"])
@@ -144,7 +121,7 @@ def test_training_feeds_png_slices_and_evaluation_covers_exactly_the_test_split(
     assert (bundle / "models" / "model.pt").is_file()
 
     eval_probe = _probe(bundle, "probe_eval", "$@validate#evaluator.run()")
-    _run_bundle(bundle, ["train.json", "evaluate.json", overlay, "tiny.json", "probe_eval.json"], cwd, env)
+    copy.run("train.json", "evaluate.json", overlay, "probe_eval.json")
     test_cases = datalist["test"]
     _assert_png_inputs(_inputs(eval_probe, "eval"), test_cases)
     report = json.loads((bundle / "eval" / "metrics.json").read_text())
