@@ -356,6 +356,29 @@ def run_trial(cfg: TrialConfig, log=print, track_test: bool = False) -> dict[str
     return result
 
 
+def summarize(results_path: str | Path) -> str:
+    """Markdown table of a results file: one row per trial, then the mean over seeds of every name.
+
+    Columns: test patient AUC, sensitivity and specificity at 0.5 with the last epoch's weights, the test
+    AUC of the best-validation checkpoint, and the training wall time (s).
+    """
+    trials = [json.loads(line) for line in Path(results_path).read_text().splitlines() if line.strip()]
+    header = "| trial | seed | test AUC | sensitivity | specificity | test AUC, best-val checkpoint | train s |\n"
+    header += "|---|---|---|---|---|---|---|\n"
+    rows, by_name = [], {}
+    for trial in trials:
+        test, best = trial["test"], trial.get("test_best_val") or {}
+        values = [test["auc"], test["sensitivity"], test["specificity"], best.get("auc")]
+        by_name.setdefault(trial["name"], []).append(values)
+        cells = ["-" if v is None else f"{v:.2f}" for v in values]
+        rows.append(f"| {trial['name']} | {trial['config']['seed']} | " + " | ".join(cells) + f" | {trial['times_s']['train']:.0f} |")
+    for name, values in by_name.items():
+        means = [np.mean([v[i] for v in values if v[i] is not None]) if any(v[i] is not None for v in values) else None for i in range(4)]
+        cells = ["-" if m is None else f"**{m:.2f}**" for m in means]
+        rows.append(f"| **{name}**, mean of {len(values)} | | " + " | ".join(cells) + " | |")
+    return header + "\n".join(rows)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="named trial (flags below override it)")
@@ -363,6 +386,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="label stored with the results")
     parser.add_argument("--track-test", action="store_true", help="log the test AUC at every validation (diagnostics)")
     parser.add_argument("--results", default=None, help="JSON-lines file to append every trial's result to")
+    parser.add_argument("--summarize", default=None, help="print the markdown table of a results file and exit")
     for field in dataclasses.fields(TrialConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "seed":
@@ -380,6 +404,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the trials named on the command line; return their results."""
     args = _parse(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return []
     overrides = dict(PRESETS[args.preset]) if args.preset else {}
     for field in dataclasses.fields(TrialConfig):
         value = getattr(args, field.name, None)
