@@ -76,3 +76,12 @@ def test_demo_rejects_an_unknown_bundle_or_step(tmp_path):
         demo(bundle="no_such_bundle", bundles_dir=str(tmp_path), dry_run=True)
     with pytest.raises(InputError, match="unknown demo step 'train'"):
         bundle_command(tmp_path, "train")
+
+
+def test_demo_headline_prints_the_figures_a_bundle_reports():
+    from medxai.cli import headline
+
+    classification = {"n_cases": 20, "auc": 0.995, "sensitivity": 0.9, "specificity": 1, "auc_ci": None}
+    assert headline(classification) == "held-out 20 cases: auc 0.995, sensitivity 0.900, specificity 1.000"
+    segmentation = {"split": "test", "n_cases": 51, "mean_dice": 0.92512, "mean_iou": 0.8641}
+    assert headline(segmentation) == "held-out 51 cases: mean_dice 0.925, mean_iou 0.864"

@@ -27,7 +27,7 @@ import fire
 from medxai.data.demo import DEMO_SETS, ensure_demo_dataset, summarize_datalist
 from medxai.errors import InputError
 
-__all__ = ["demo", "demo_data", "datalist", "datasets", "bundle_command", "main"]
+__all__ = ["demo", "demo_data", "datalist", "datasets", "bundle_command", "headline", "main"]
 
 #: demo step -> (``monai.bundle run`` id, config files merged in order; ``demo.json`` comes last)
 DEMO_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -111,11 +111,20 @@ def demo(
         print(f"== {step} took {time.perf_counter() - start:.0f} s", flush=True)
     metrics = bundle_root / "eval" / "metrics.json"
     if not dry_run and metrics.is_file():
-        report = json.loads(metrics.read_text())
-        figures = ", ".join(
-            f"{key} {report[key]:.3f}" for key in ("auc", "sensitivity", "specificity") if report.get(key) is not None
-        )
-        print(f"held-out {report.get('n_cases')} cases: {figures} ({metrics})")
+        print(headline(json.loads(metrics.read_text())) + f" ({metrics})")
+
+
+#: metrics.json keys printed after a demo, in this order (classification and segmentation bundles)
+HEADLINE_KEYS = ("auc", "sensitivity", "specificity", "mean_dice", "mean_iou")
+
+
+def headline(report: dict[str, Any]) -> str:
+    """One line of a bundle's ``metrics.json``: case count and the :data:`HEADLINE_KEYS` it holds."""
+    figures = ", ".join(
+        f"{key} {float(report[key]):.3f}" for key in HEADLINE_KEYS if isinstance(report.get(key), (int, float))
+    )
+    cases = report.get("n_cases", report.get("n_images", "?"))
+    return f"held-out {cases} cases: {figures}"
 
 
 def demo_data(sets: str | Sequence[str] | None = None, output_dir: str | None = None, **overrides: Any) -> None:

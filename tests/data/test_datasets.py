@@ -151,6 +151,8 @@ def test_ieee8023_manifest_masks_views_and_near_duplicates(shared_data: Path) ->
     assert len(pa) == sum(row["view"] == "PA" for row in rows)
     with_lungs = build_records("ieee8023_cxr_manifest", root, require=["lung_mask"])
     assert len(with_lungs) == sum(bool(row["lung_mask_v7"]) for row in rows)
+    # one key as a plain string (how `medxai datalist ... --require lung_mask` passes it) means that key
+    assert build_records("ieee8023_cxr_manifest", root, require="lung_mask") == with_lungs
     mask = LoadImage(image_only=True)(with_lungs[0]["lung_mask"])
     assert tuple(mask.shape) == tuple(LoadImage(image_only=True)(with_lungs[0]["image"]).shape)
     assert set(np.unique(mask.numpy())) <= {0.0, 1.0}

@@ -316,6 +316,20 @@ def test_case_outputs_boxes_summary_sentence_and_overlay(phantom, tmp_path):
         assert b"DOE" not in content and b"patient_x" not in content
 
 
+def test_sentence_names_where_the_map_is_high_not_its_faint_spread(phantom, tmp_path):
+    """A coarse CAM upsampled to the volume spreads faint mass over the body; the sentence follows the peak."""
+    box = _left_lower_box(phantom)
+    cams = torch.full((2, *SHAPE), 0.2)  # faint positive evidence everywhere: most of its mass is outside the lungs
+    cams[1][box] = 3.0
+    lung = phantom.lung_mask > 0
+    spread = np.full(SHAPE, 0.2)
+    assert spread[~lung].sum() > 0.5 * (spread.sum() + 2.8 * 50)  # the whole map would read "outside the lungs"
+    out = WriteCaseOutputsd(tmp_path)(_case_data(phantom, cams))
+    sentence = out["summary"]["sentence"]
+    assert "outside the lungs" not in sentence
+    assert re.search(r"mainly to the (peripheral |central )?lower zone of the left lung\.$", sentence)
+
+
 def test_unsafe_names_are_pseudonymised_and_failures_name_the_case(phantom, tmp_path):
     cams = torch.zeros(2, *SHAPE)
     cams[1, 20:24, 20:24, 6:8] = 1.0

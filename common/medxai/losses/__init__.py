@@ -7,5 +7,6 @@ Bundle configs reference them as ``medxai.losses.<name>``, e.g.
 from __future__ import annotations
 
 from medxai.losses.mil import MILLoss, SliceLevelLoss, one_hot_targets
+from medxai.losses.segmentation import CEMinusLogDiceLoss
 
-__all__ = ["MILLoss", "SliceLevelLoss", "one_hot_targets"]
+__all__ = ["CEMinusLogDiceLoss", "MILLoss", "SliceLevelLoss", "one_hot_targets"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medxai.transforms.checks import CheckVolume, CheckVolumed, case_name
 from medxai.transforms.lung import CropToLungd, LungMask, LungMaskd, lung_bounding_box, lung_mask
+from medxai.transforms.lung_segmentation import LungSegmentationd
 from medxai.transforms.slice_sampling import RandSampleSliced
 from medxai.transforms.slices import RandResizedCropSlicesd, ResizeSlicesd, SampleSlicesd, sample_crop_box
 
@@ -20,6 +21,7 @@ __all__ = [
     "LungMaskd",
     "lung_bounding_box",
     "lung_mask",
+    "LungSegmentationd",
     "RandResizedCropSlicesd",
     "ResizeSlicesd",
     "SampleSlicesd",

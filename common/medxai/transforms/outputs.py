@@ -41,7 +41,7 @@ from monai.utils import ImageMetaKey, ensure_tuple, ensure_tuple_rep
 
 from medxai.data.privacy import pseudonym
 from medxai.errors import InputError, MedXAIError
-from medxai.explain.boxes import ThresholdMode, boxes_from_map
+from medxai.explain.boxes import ThresholdMode, boxes_from_map, threshold_map
 from medxai.explain.normalize import relu_max
 from medxai.explain.text import describe
 from medxai.explain.writers import (
@@ -361,8 +361,10 @@ class WriteCaseOutputsd(Transform):
       (EDM slice logits, seed 003 eq. 3) and per-section probabilities (eq. 6) per class as the network saw
       the slices, the (at most) ``top_slices`` slices with the most map mass, without slices the map does not
       touch (one slice for an empty map), the sentence of
-      :func:`medxai.explain.text.describe` for the positive class's map and probability with the lung mask
-      (the same map as the boxes and the overlay, whatever the predicted class), and the boxes;
+      :func:`medxai.explain.text.describe` for the positive class's probability and the salient part of its
+      map, the voxels the boxes keep (a CAM upsampled from a coarse grid spreads faint mass over the whole
+      body; the sentence names where the map is high, as the boxes do), with the lung mask (the same map as
+      the boxes and the overlay, whatever the predicted class), and the boxes;
     - ``<case>_overlay.png``: the top slices with the normalised map and the boxes
       (:func:`medxai.explain.writers.render_montage`), one image pixel per PNG pixel;
     - with ``save_map``, ``<case>_map.nii.gz``: the positive class's raw map with the image's affine (when
@@ -543,9 +545,11 @@ class WriteCaseOutputsd(Transform):
         ranked = top_slices(normalised, self.top_slices)
         chosen_slices = [i for i in ranked if mass[i] > 0] or ranked[:1]
         positive_name = names[self.positive_class]
+        # the sentence describes where the boxes are: the salient part of the map, not its faint spread
+        salient, _ = threshold_map(normalised, self.box_threshold, self.box_mode)
+        focus = np.where(salient, normalised, 0.0)
         text = describe(
-            normalised, lung_mask, positive_name, float(probs[self.positive_class]), self.method,
-            mask_kwargs={"affine": affine},
+            focus, lung_mask, positive_name, float(probs[self.positive_class]), self.method, mask_kwargs={"affine": affine}
         )
         predicted = int(np.argmax(probs))
 

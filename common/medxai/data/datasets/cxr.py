@@ -307,6 +307,7 @@ def ieee8023_cxr_manifest(
     path = root / manifest
     allowed = _check_views(views)
     masks = {"lung_mask": "lung_mask_v7", "lung_lr_mask": "lung_lr_mask_gb", "lesion_mask": "lesion_mask_gb"}
+    require = (require,) if isinstance(require, str) else tuple(require)  # one key, as fire passes it
     unknown = [k for k in require if k not in masks]
     if unknown:
         raise DatasetError(f"require names unknown mask key(s) {unknown}; choose from {list(masks)}.")
