@@ -15,7 +15,9 @@ PASS / FAIL / SKIP row per bundle and check with the reason:
 - ``net_in_out``: ``monai.bundle.verify_net_in_out`` on ``inference.json#network_def`` with the metadata's
   ``network_data_format``.
 - ``ckpt_export``: when ``models/model.pt`` exists, ``monai.bundle.ckpt_export`` to a temporary folder; the
-  TorchScript file loads, carries the metadata and reproduces the eager network's output.
+  TorchScript file loads, carries the metadata and reproduces the eager network's output. A checkpoint that
+  does not fit ``inference.json``'s network but fits it with ``configs/demo.json`` (what ``medxai demo``
+  trains) is exported with that overlay, and the reason names the configs used.
 - ``config_json``: every ``configs/*.json`` is strict JSON (no duplicate keys) and no string value holds a ``#``
   outside a config reference (MONAI >= 1.4 rewrites every such ``#`` to ``::``).
 
@@ -75,6 +77,9 @@ TRAIN_CONFIG = "configs/train.json"
 INFER_CONFIG = "configs/inference.json"
 LOGGING_CONF = "configs/logging.conf"
 CHECKPOINT = "models/model.pt"
+#: overlays a checkpoint may have been trained with (``medxai demo`` trains with ``demo.json``), tried in order
+#: after the plain inference config when the checkpoint does not fit its network
+CHECKPOINT_OVERLAYS: tuple[str, ...] = ("configs/demo.json",)
 NET_ID = "network_def"
 
 STATIC_CHECKS: tuple[str, ...] = ("files", "changelog", "config_json")
@@ -461,13 +466,15 @@ def check_ckpt_export(
     if not checkpoint.is_file():
         return CheckResult("ckpt_export", SKIP, f"no {CHECKPOINT}")
     exported = workdir / "model.ts"
+    configs = _configs_fitting_checkpoint(bundle_dir, checkpoint, device)
+    used = " + ".join(str(Path(c).relative_to(bundle_dir)) for c in configs)
     try:
         ckpt_export(
             net_id=NET_ID,
             filepath=str(exported),
             ckpt_file=str(checkpoint),
             meta_file=str(bundle_dir / METADATA),
-            config_file=str(bundle_dir / INFER_CONFIG),
+            config_file=configs if len(configs) > 1 else configs[0],
             bundle_root=str(bundle_dir),
         )
         scripted, exported_meta, _ = load_net_with_metadata(str(exported), map_location=device)
@@ -478,11 +485,7 @@ def check_ckpt_export(
                 FAIL,
                 f"exported metadata version {exported_meta.get('version')!r} != {metadata.get('version')!r}",
             )
-        parser = ConfigParser()
-        parser.read_config(str(bundle_dir / INFER_CONFIG))
-        parser.read_meta(str(bundle_dir / METADATA))
-        parser["bundle_root"] = str(bundle_dir)
-        eager = parser.get_parsed_content(NET_ID)
+        eager = _network(bundle_dir, configs)
         eager.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
         eager.to(device).eval()
         scripted.eval()
@@ -490,7 +493,7 @@ def check_ckpt_export(
         with torch.no_grad():
             close, difference = compare_outputs(scripted(x), eager(x), atol=atol, rtol=rtol)
     except Exception as e:  # noqa: BLE001
-        return CheckResult("ckpt_export", FAIL, f"{INFER_CONFIG}#{NET_ID}: {describe_exception(e)}")
+        return CheckResult("ckpt_export", FAIL, f"{used}#{NET_ID}: {describe_exception(e)}")
     if not close:
         return CheckResult(
             "ckpt_export",
@@ -501,8 +504,38 @@ def check_ckpt_export(
     return CheckResult(
         "ckpt_export",
         PASS,
-        f"TorchScript export loads; max |TorchScript - eager| = {difference:.3g} on input {tuple(x.shape)}",
+        f"TorchScript export ({used}) loads; max |TorchScript - eager| = {difference:.3g} on input {tuple(x.shape)}",
     )
+
+
+def _network(bundle_dir: Path, configs: list[str]) -> Any:
+    """``network_def`` of ``configs`` merged in order, with the bundle's metadata and root."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.read_meta(str(bundle_dir / METADATA))
+    parser["bundle_root"] = str(bundle_dir)
+    return parser.get_parsed_content(NET_ID)
+
+
+def _configs_fitting_checkpoint(bundle_dir: Path, checkpoint: Path, device: str) -> list[str]:
+    """The inference config, plus the first of :data:`CHECKPOINT_OVERLAYS` whose network the checkpoint fits
+    (keys and shapes) when the plain config's does not; the plain config when none fits (the export then
+    fails with the loading error, naming the mismatch)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    plain = [str(bundle_dir / INFER_CONFIG)]
+    candidates = [plain] + [plain + [str(bundle_dir / o)] for o in CHECKPOINT_OVERLAYS if (bundle_dir / o).is_file()]
+    for configs in candidates:
+        try:
+            expected = _network(bundle_dir, configs).state_dict()
+        except Exception:  # noqa: BLE001 - a config that does not build cannot be the one
+            continue
+        if expected.keys() == state.keys() and all(expected[k].shape == state[k].shape for k in state):
+            return configs
+    return plain
 
 
 def _ignore_outputs(bundle_dir: Path) -> Callable[[str, list[str]], set[str]]:

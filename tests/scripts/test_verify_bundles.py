@@ -131,7 +131,7 @@ def test_good_fixture_passes_every_check(good_run):
     assert reasons["net_in_out"] == "input (1, 1, 32, 32) gives 2 output channels of float32"
     # the same conv / batch-norm kernels run in TorchScript and eager mode: identical outputs
     assert reasons["ckpt_export"] == (
-        "TorchScript export loads; max |TorchScript - eager| = 0 on input (1, 1, 32, 32)"
+        "TorchScript export (configs/inference.json) loads; max |TorchScript - eager| = 0 on input (1, 1, 32, 32)"
     )
     assert reasons["config_json"] == "7 config files valid, no '#' in string values"
 
@@ -200,6 +200,22 @@ def test_ckpt_export_runs_on_saved_state_dict_and_reports_mismatch(broken_report
     reason = broken_report.result("ckpt_export").reason
     assert reason.startswith("configs/inference.json#network_def:")
     assert "size mismatch" in reason
+
+
+def test_ckpt_export_uses_the_demo_overlay_a_checkpoint_was_trained_with(tmp_path):
+    """After ``medxai demo`` the bundle holds a demo-sized checkpoint: the check exports it with demo.json."""
+    from monai.bundle import ConfigParser
+
+    bundle = tmp_path / "covid19_ct_mil_classification"
+    shutil.copytree(BUNDLES_ROOT / bundle.name, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / n) for n in ("inference.json", "demo.json")])
+    torch.manual_seed(0)
+    (bundle / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    result = vb.check_ckpt_export(bundle, bundle / "models" / "model.pt", "cpu", tmp_path)
+    assert result.status == vb.PASS, result.reason
+    assert result.reason.startswith("TorchScript export (configs/inference.json + configs/demo.json) loads")
 
 
 # ------------------------------------------------------------------------------------ file-level failures

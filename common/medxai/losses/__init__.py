@@ -6,7 +6,8 @@ Bundle configs reference them as ``medxai.losses.<name>``, e.g.
 
 from __future__ import annotations
 
+from medxai.losses.fusion import FusionLoss
 from medxai.losses.mil import MILLoss, SliceLevelLoss, one_hot_targets
 from medxai.losses.segmentation import CEMinusLogDiceLoss
 
-__all__ = ["CEMinusLogDiceLoss", "MILLoss", "SliceLevelLoss", "one_hot_targets"]
+__all__ = ["CEMinusLogDiceLoss", "FusionLoss", "MILLoss", "SliceLevelLoss", "one_hot_targets"]

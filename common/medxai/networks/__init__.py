@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medxai.networks.backbones import BackboneSpec, TinyTrunk, create_backbone, list_backbones, register_backbone
 from medxai.networks.ct_mil import POOLING_MODES, CTMILNet
+from medxai.networks.cxrnet import CXRNet
 from medxai.networks.edm import EDMHead
 from medxai.networks.ncm import NoiseTransitionHead, noisy_posterior
 from medxai.networks.sim import (
@@ -27,6 +28,7 @@ __all__ = [
     "list_backbones",
     "register_backbone",
     "CTMILNet",
+    "CXRNet",
     "POOLING_MODES",
     "EDMHead",
     "NoiseTransitionHead",
