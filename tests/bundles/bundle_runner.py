@@ -78,3 +78,17 @@ def copy_bundle(name: str, root: Path, overlay: dict[str, Any]) -> BundleCopy:
     copy = BundleCopy(bundle=bundle, cwd=cwd, env=env)
     copy.write_overlay(overlay)
     return copy
+
+
+def copy_bundle_for_demo(name: str, root: Path, demo_overrides: dict[str, Any]) -> Path:
+    """Copy ``bundles/<name>`` to ``root/bundles/<name>`` with ``demo_overrides`` merged into its ``demo.json``.
+
+    Returns the copy's bundles folder, for ``medxai.cli.demo(bundle=name, bundles_dir=...)``: the demo then
+    runs exactly as ``medxai demo`` does, at the smaller size the overrides set.
+    """
+    bundles = root / "bundles"
+    bundle = bundles / name
+    shutil.copytree(REPO / "bundles" / name, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    demo_json = bundle / "configs" / "demo.json"
+    demo_json.write_text(json.dumps({**json.loads(demo_json.read_text()), **demo_overrides}))
+    return bundles

@@ -13,25 +13,20 @@ The demo set is read from the user's cache (``$MEDXAI_CACHE``), where the README
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
+from bundle_runner import REPO, copy_bundle_for_demo
 
 from medxai.cli import demo
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
 SMALLER = {"image_size": [48, 48], "num_iterations": 540, "val_interval": 30}
 
 
 @pytest.mark.timeout(900)
 def test_smaller_demo_reaches_patient_auc_0_9_and_its_maps_find_the_lesions(tmp_path, monkeypatch):
-    bundles = tmp_path / "bundles"
+    bundles = copy_bundle_for_demo(BUNDLE.name, tmp_path, SMALLER)
     bundle = bundles / BUNDLE.name
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    overlay = json.loads((BUNDLE / "configs" / "demo.json").read_text())
-    (bundle / "configs" / "demo.json").write_text(json.dumps({**overlay, **SMALLER}))
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
 
     demo(steps="training,evaluate", bundles_dir=str(bundles))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_runner import REPO, BundleCopy, copy_bundle
+from monai.networks.nets import UNet
 from PIL import Image
 
 from medxai.data.io import load_image
@@ -148,3 +149,14 @@ def test_bad_inputs_are_reported_and_good_cases_still_written(trained_bundle, tm
     with open(out / "predictions.csv") as f:
         assert sorted(row["case"] for row in csv.DictReader(f)) == sorted(Path(c["image"]).stem for c in good)
 
+
+def test_multi_gpu_config_trains_on_two_cpu_ranks_with_gloo(tmp_path):
+    copy = copy_bundle(BUNDLE.name, tmp_path, {**TINY, "batch_size": 2, "num_iterations": 6, "val_interval": 1})
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    log = copy.run("train.json", "multi_gpu_train.json", run_id="training", launcher=torchrun)
+    # 12 training images on 2 ranks with batch 2: 3 iterations per epoch and rank
+    assert "Epoch: 1/2, Iter: 3/3" in log and "val_mean_dice" in log
+    # CheckpointSaver unwraps DistributedDataParallel: a plain UNet state dict that inference.json loads
+    state = torch.load(copy.bundle / "models" / "model.pt", weights_only=True)
+    network = UNet(2, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=0)
+    network.load_state_dict(state)

@@ -13,26 +13,21 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle_runner import REPO, copy_bundle_for_demo
 
 from medxai.cli import demo
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_lung_segmentation"
 SMALLER = {"image_size": [64, 64], "num_iterations": 480, "val_interval": 20}
 
 
 @pytest.mark.timeout(600)
 def test_smaller_demo_reaches_dice_0_92_on_held_out_images(tmp_path, monkeypatch):
-    bundles = tmp_path / "bundles"
+    bundles = copy_bundle_for_demo(BUNDLE.name, tmp_path, SMALLER)
     bundle = bundles / BUNDLE.name
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    overlay = json.loads((BUNDLE / "configs" / "demo.json").read_text())
-    (bundle / "configs" / "demo.json").write_text(json.dumps({**overlay, **SMALLER}))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
     demo(bundle=BUNDLE.name, steps="training,evaluate", bundles_dir=str(bundles))
