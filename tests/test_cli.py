@@ -85,3 +85,6 @@ def test_demo_headline_prints_the_figures_a_bundle_reports():
     assert headline(classification) == "held-out 20 cases: auc 0.995, sensitivity 0.900, specificity 1.000"
     segmentation = {"split": "test", "n_cases": 51, "mean_dice": 0.92512, "mean_iou": 0.8641}
     assert headline(segmentation) == "held-out 51 cases: mean_dice 0.925, mean_iou 0.864"
+    four_class = {"n_cases": 48, "class_names": ["a", "b", "c", "d"], "accuracy": 0.7917, "auc": 0.986,
+                  "macro": {"f1": 0.7911}}
+    assert headline(four_class) == "held-out 48 cases: accuracy 0.792, auc 0.986, macro_f1 0.791"

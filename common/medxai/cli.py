@@ -115,14 +115,17 @@ def demo(
 
 
 #: metrics.json keys printed after a demo, in this order (classification and segmentation bundles)
-HEADLINE_KEYS = ("auc", "sensitivity", "specificity", "mean_dice", "mean_iou")
+HEADLINE_KEYS = ("accuracy", "auc", "sensitivity", "specificity", "mean_dice", "mean_iou")
 
 
 def headline(report: dict[str, Any]) -> str:
-    """One line of a bundle's ``metrics.json``: case count and the :data:`HEADLINE_KEYS` it holds."""
-    figures = ", ".join(
-        f"{key} {float(report[key]):.3f}" for key in HEADLINE_KEYS if isinstance(report.get(key), (int, float))
-    )
+    """One line of a bundle's ``metrics.json``: case count, the :data:`HEADLINE_KEYS` it holds and, for more than
+    two classes, the macro-averaged F1."""
+    values = {key: report[key] for key in HEADLINE_KEYS if isinstance(report.get(key), (int, float))}
+    macro_f1 = (report.get("macro") or {}).get("f1")
+    if len(report.get("class_names") or ()) > 2 and isinstance(macro_f1, (int, float)):
+        values["macro_f1"] = macro_f1  # multi-class: auc, sensitivity, ... are the positive class's
+    figures = ", ".join(f"{key} {float(value):.3f}" for key, value in values.items())
     cases = report.get("n_cases", report.get("n_images", "?"))
     return f"held-out {cases} cases: {figures}"
 

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle
+from bundle_runner import REPO, BundleCopy, copy_bundle, trained_copy
 from PIL import Image
 
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
@@ -39,9 +39,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory) -> BundleCopy:
-    copy = copy_bundle(BUNDLE.name, tmp_path_factory.mktemp("ct_mil"), TINY)
-    copy.run("train.json", run_id="training")
-    return copy
+    return trained_copy(BUNDLE.name, tmp_path_factory.mktemp("ct_mil"), TINY)
 
 
 def test_training_writes_a_plain_state_dict_and_tensorboard_maps(trained_bundle):

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle
+from bundle_runner import REPO, BundleCopy, copy_bundle, trained_copy
 from monai.networks.nets import UNet
 from PIL import Image
 
@@ -40,9 +40,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory) -> BundleCopy:
-    copy = copy_bundle(BUNDLE.name, tmp_path_factory.mktemp("lungseg"), TINY)
-    copy.run("train.json", run_id="training")
-    return copy
+    return trained_copy(BUNDLE.name, tmp_path_factory.mktemp("lungseg"), TINY)
 
 
 def _test_cases(copy: BundleCopy) -> list[dict]:

@@ -215,9 +215,9 @@ def test_invalid_arguments_raise_input_error():
 
 
 def test_default_case_time_bound():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other jobs on the machine do not count
     case = generate_brain_case(0, "t1")
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert case.thin_image.shape == (128, 128, 120) and case.thick_image.shape == (128, 128, 24)
     assert case.thin_affine[2, 2] == 1.0 and case.thick_affine[2, 2] == 5.0
     assert elapsed < 5.0

@@ -243,9 +243,9 @@ def test_invalid_arguments_raise_input_error():
 
 
 def test_default_case_time_bound():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other jobs on the machine do not count
     case = generate_cxr_case(1, 3)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert case.image.shape == (256, 256) and case.image.dtype == np.uint8
     assert elapsed < 1.5
 

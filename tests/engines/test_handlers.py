@@ -256,3 +256,20 @@ def test_case_names_and_missing_keys():
     ClassificationReportHandler("unused").attach(engine)
     with pytest.raises(InputError, match="has no key 'pred'"):
         engine.run([0], max_epochs=1)
+
+
+def test_class_indices_from_engine_feeds_ignite_accuracy_with_int_and_one_hot_labels():
+    from ignite.metrics import Accuracy
+
+    from medxai.engines import class_indices_from_engine
+
+    output = [
+        {"pred": torch.tensor([0.7, 0.1, 0.2]), "label": torch.tensor(0)},
+        {"pred": torch.tensor([0.2, 0.5, 0.3]), "label": torch.tensor([2])},
+        {"pred": torch.tensor([0.1, 0.1, 0.8]), "label": torch.tensor([0.0, 0.0, 1.0])},  # one-hot
+    ]
+    scores, labels = class_indices_from_engine()(output)
+    assert scores.shape == (3, 3) and labels.tolist() == [0, 2, 2]
+    metric = Accuracy()
+    metric.update((scores, labels))
+    assert metric.compute() == pytest.approx(2 / 3)  # the second case predicts class 1, not 2

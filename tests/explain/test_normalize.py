@@ -114,3 +114,19 @@ def test_metatensor_keeps_its_affine():
     assert isinstance(out, MetaTensor)
     torch.testing.assert_close(out.affine, affine.double())
     torch.testing.assert_close(out.as_tensor(), torch.arange(8.0).reshape(1, 1, 2, 4) / 7.0)
+
+
+def test_minmax_within_scales_inside_the_mask_and_zeroes_outside():
+    from medxai.explain.normalize import minmax_within
+
+    maps = torch.tensor([[[[0.9, 0.5, 0.6, 0.7]]], [[[0.2, 0.2, 0.9, 0.9]]]])
+    masks = torch.tensor([[[[0, 1, 1, 1]]], [[[1, 1, 0, 0]]]])
+    out = minmax_within(maps, masks)
+    # sample 0: inside values 0.5, 0.6, 0.7 -> 0, 0.5, 1; the 0.9 outside is dropped, not the maximum
+    torch.testing.assert_close(out[0].flatten(), torch.tensor([0.0, 0.0, 0.5, 1.0]))
+    # sample 1: constant inside the mask -> zeros everywhere
+    torch.testing.assert_close(out[1].flatten(), torch.zeros(4))
+    numpy_out = minmax_within(maps.numpy(), masks.numpy())
+    assert isinstance(numpy_out, np.ndarray) and np.allclose(numpy_out, out.numpy())
+    with pytest.raises(InputError, match="do not match"):
+        minmax_within(maps, masks[:, :, :, :2])

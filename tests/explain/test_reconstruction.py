@@ -58,3 +58,16 @@ def test_targets_are_checked_and_sizes_must_match() -> None:
     # without logits the map is still returned (the representation image is class-agnostic)
     maps = RepresentationImage(ToyEncoderDecoder(), logits_key=None)(x + 1.0)
     torch.testing.assert_close(maps, torch.full((2, 1, 4, 4), 2.0))
+
+
+def test_cxrnet_map_is_its_reconstruction_although_forward_returns_logits_only():
+    from medxai.networks import CXRNet
+
+    torch.manual_seed(0)
+    network = CXRNet("small_resnet", 4, decoder_channels=(8, 8, 8)).eval()
+    x = torch.rand(2, 1, 16, 16)
+    maps = RepresentationImage(network, image_key="reconstruction", logits_key="logits")(x, 3)
+    with torch.no_grad():
+        expected = network.forward_details(x)["reconstruction"]
+    torch.testing.assert_close(maps, expected)
+    assert network(x).shape == (2, 4)  # the plain forward still gives the logits

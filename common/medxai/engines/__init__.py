@@ -8,6 +8,7 @@ from medxai.engines.handlers import (
     ExplanationImageHandler,
     LearningRateLogger,
     case_name_of,
+    class_indices_from_engine,
     explainer_maps,
     output_maps,
 )
@@ -19,4 +20,5 @@ __all__ = [
     "output_maps",
     "explainer_maps",
     "case_name_of",
+    "class_indices_from_engine",
 ]

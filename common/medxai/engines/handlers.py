@@ -62,6 +62,7 @@ __all__ = [
     "case_name_of",
     "ClassificationReportHandler",
     "LearningRateLogger",
+    "class_indices_from_engine",
 ]
 
 #: ``map_fn(engine) -> (images (B, C, *spatial), maps (B, 1, *spatial))``
@@ -254,6 +255,25 @@ def _label_index(label: Any, name: str) -> int:
     if values.numel() == 0:
         raise InputError(f"{name} is empty.")
     return int(values.argmax().item())
+
+
+def class_indices_from_engine(pred_key: str = "pred", label_key: str = "label") -> Callable[[Any], tuple]:
+    """``output_transform`` for ignite's classification metrics (``ignite.metrics.Accuracy``, ``Precision``, ...).
+
+    MONAI evaluators decollate their output into a list of per-case dicts, which ignite's metrics cannot
+    read (MONAI's ``from_engine`` returns lists). The returned function stacks the cases into scores
+    ``(B, K)`` and class indices ``(B,)`` (from integer or one-hot labels).
+    """
+
+    def transform(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        items = _as_items(output, "output")
+        if not items:
+            raise InputError("class_indices_from_engine: the engine's output holds no cases.")
+        scores = torch.stack([torch.as_tensor(_plain(item[pred_key])).detach().float().flatten() for item in items])
+        labels = torch.as_tensor([_label_index(item[label_key], f"'{label_key}'") for item in items])
+        return scores, labels.to(scores.device)
+
+    return transform
 
 
 def case_name_of(item: Mapping[str, Any], image_key: str = "image", pseudonymize: bool = False) -> str | None:

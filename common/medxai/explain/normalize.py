@@ -37,6 +37,7 @@ from medxai.errors import InputError
 
 __all__ = [
     "minmax",
+    "minmax_within",
     "max_abs",
     "relu_max",
     "percentile_clip",
@@ -108,6 +109,34 @@ def minmax(maps: ArrayT) -> ArrayT:
     low = flat.amin(dim=1, keepdim=True)
     high = flat.amax(dim=1, keepdim=True)
     return _restore(_safe_divide(flat - low, high - low), maps, is_numpy)
+
+
+def minmax_within(maps: ArrayT, masks: torch.Tensor | np.ndarray) -> ArrayT:
+    """Min-max scale each sample over the pixels inside its mask to [0, 1], and set the pixels outside to 0.
+
+    For a map that lives on the whole image but means something only where the input has content, e.g.
+    CXRNet's representation image (seed 001 Fig. 12c) of a lung-segmented radiograph, which is zero outside
+    the lungs: the map's spread *inside the lungs* becomes the displayed range. A sample whose mask is empty,
+    or whose map is constant inside it, gives zeros.
+
+    Parameters
+    ----------
+    maps
+        (B, 1, *spatial) tensor or array.
+    masks
+        Same shape (or broadcastable per sample); any value > 0 is inside.
+    """
+    flat, is_numpy = _as_flat_tensor(maps, "minmax_within")
+    inside = torch.as_tensor(np.asarray(masks) if isinstance(masks, np.ndarray) else masks)
+    inside = inside.as_subclass(torch.Tensor).to(flat.device)
+    if inside.numel() != flat.numel():
+        raise InputError(f"minmax_within: masks of shape {tuple(inside.shape)} do not match maps {tuple(maps.shape)}.")
+    inside = inside.reshape(flat.shape) > 0
+    big = torch.finfo(flat.dtype).max
+    low = torch.where(inside, flat, big).amin(dim=1, keepdim=True)
+    high = torch.where(inside, flat, -big).amax(dim=1, keepdim=True)
+    scaled = _safe_divide(flat - low, torch.where(inside.any(1, keepdim=True), high - low, 0.0))
+    return _restore(torch.where(inside, scaled, 0.0), maps, is_numpy)
 
 
 def max_abs(maps: ArrayT) -> ArrayT:

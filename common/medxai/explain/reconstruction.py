@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from medxai.engines.inferers import unwrap_network
 from medxai.errors import InputError
 from medxai.explain.base import Explainer, resolve_targets
 from medxai.explain.hooks import select_output
@@ -30,7 +31,9 @@ class RepresentationImage(Explainer):
     ----------
     model
         A network whose forward returns both the logits and the reconstruction (B, C_r, *spatial) of the
-        input's spatial size, as a tuple or a dict.
+        input's spatial size, as a tuple or a dict; or one with a ``forward_details`` method returning that
+        dict (:class:`medxai.networks.CXRNet`, whose plain forward gives the logits only), which is used
+        then (on the module inside a ``DistributedDataParallel`` wrapper).
     image_key
         Index (tuple output) or key (dict output) of the reconstruction.
     logits_key
@@ -51,8 +54,9 @@ class RepresentationImage(Explainer):
         self.logits_key = logits_key
 
     def attribute(self, x: torch.Tensor, target: Any, **kwargs: Any) -> torch.Tensor:
+        details = getattr(unwrap_network(self.model), "forward_details", None)
         with torch.no_grad():
-            output = self.model(x)
+            output = details(x) if callable(details) else self.model(x)
         image = select_output(output, self.image_key)
         if self.logits_key is not None:
             resolve_targets(target, x.shape[0], select_output(output, self.logits_key))

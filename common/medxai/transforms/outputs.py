@@ -24,6 +24,8 @@ names from the metadata are never used (:func:`output_case_name`).
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import csv
 import json
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -56,6 +58,7 @@ from medxai.transforms.checks import case_name as volume_case_name
 
 __all__ = [
     "DEFAULT_DETAILS",
+    "CaseOutputWriter",
     "SplitDetailsd",
     "ResizeMapToImaged",
     "output_case_name",
@@ -344,7 +347,47 @@ def _volume(value: Any, name: str) -> np.ndarray:
     return array
 
 
-class WriteCaseOutputsd(Transform):
+class CaseOutputWriter(Transform):
+    """Base of the per-case writers: ``<output_dir>/<case>/`` gets what :meth:`_write` writes, and the summary
+    it returns goes into the data under ``summary_key``; any failure is re-raised naming the case (its output
+    name, never a patient name) as a :class:`~medxai.errors.MedXAIError`."""
+
+    output_dir: Path
+    summary_key: str
+    image_key: str
+    case_name_fn: Callable[[Mapping[Hashable, Any]], str] | None
+    pseudonymize: bool
+
+    def case_name(self, data: Mapping[Hashable, Any]) -> str:
+        """The case's output name: ``case_name_fn(data)``, or :func:`output_case_name` of the file the image
+        under ``image_key`` was loaded from (pseudonymised with ``pseudonymize``)."""
+        if self.case_name_fn is not None:
+            return check_case_name(self.case_name_fn(data))
+        source = _source_of(data, self.image_key)
+        if not source or not isinstance(source, (str, PurePath)):
+            raise InputError(
+                f"{type(self).__name__}: '{self.image_key}' has no file name (filename_or_obj) to name the case; "
+                "load it with LoadImaged or pass case_name_fn."
+            )
+        return output_case_name(source, self.pseudonymize)
+
+    @abstractmethod
+    def _write(self, data: Mapping[Hashable, Any], case: str, folder: Path) -> dict[str, Any]:
+        """Write the case's files into ``folder``; return its summary."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case = self.case_name(d)
+        folder = self.output_dir / case
+        try:
+            d[self.summary_key] = self._write(d, case, folder)
+        except Exception as err:
+            kind = type(err) if isinstance(err, MedXAIError) else MedXAIError
+            raise kind(f"case '{case}': writing its outputs to {folder} failed: {err}") from err
+        return d
+
+
+class WriteCaseOutputsd(CaseOutputWriter):
     """Write one case's explanation files: lesion boxes, a summary with a sentence, and a PNG montage.
 
     Apply it per case after the maps were put back into the original image geometry (``Invertd``, see the
@@ -464,29 +507,6 @@ class WriteCaseOutputsd(Transform):
         self.case_name_fn = case_name_fn
         self.pseudonymize = pseudonymize
         self.summary_key = summary_key
-
-    def case_name(self, data: Mapping[Hashable, Any]) -> str:
-        """The case's output name (see ``case_name_fn`` and :func:`output_case_name`)."""
-        if self.case_name_fn is not None:
-            return check_case_name(self.case_name_fn(data))
-        source = _source_of(data, self.image_key)
-        if not source or not isinstance(source, (str, PurePath)):
-            raise InputError(
-                f"WriteCaseOutputsd: '{self.image_key}' has no file name (filename_or_obj) to name the case; load it "
-                "with LoadImaged or pass case_name_fn."
-            )
-        return output_case_name(source, self.pseudonymize)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        case = self.case_name(d)
-        folder = self.output_dir / case
-        try:
-            d[self.summary_key] = self._write(d, case, folder)
-        except Exception as err:
-            kind = type(err) if isinstance(err, MedXAIError) else MedXAIError
-            raise kind(f"case '{case}': writing its outputs to {folder} failed: {err}") from err
-        return d
 
     def _require(self, data: Mapping[Hashable, Any], key: str | None) -> Any:
         if key is None or key not in data:

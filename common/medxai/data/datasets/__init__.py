@@ -27,7 +27,10 @@ from medxai.data.datasets.covid_ct import (
     sars_cov2_ct,
 )
 from medxai.data.datasets.cxr import (
+    CXRNET_CLASSES,
     covidx_cxr,
+    cxrnet_finding_class,
+    cxrnet_four_class,
     ieee8023_cxr,
     ieee8023_cxr_manifest,
     ieee8023_label,
@@ -70,6 +73,9 @@ __all__ = [
     "ieee8023_cxr_manifest",
     "ieee8023_label",
     "read_near_duplicates",
+    "CXRNET_CLASSES",
+    "cxrnet_finding_class",
+    "cxrnet_four_class",
     "brain_ventricles_bert_manifest",
     "brain_ventricles_carrieri_manifest",
 ]

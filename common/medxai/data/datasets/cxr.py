@@ -4,6 +4,8 @@
 * Kermany pediatric CXR (Kermany et al. 2018, Cell 172:1122; Mendeley rscbjbr9sj): NORMAL / PNEUMONIA.
 * ieee8023 covid-chestxray-dataset (Cohen et al. 2020, arXiv:2006.11988): ``metadata.csv``.
 * The staged subsets of Kermany and ieee8023 (with lung and lesion masks) in ``../shared/data``.
+* CXRNet's four classes (normal / bacterial / viral / COVID-19; Zhang et al., seed 001) from those two
+  staged subsets together (:func:`cxrnet_four_class`).
 
 ``docs/data.md`` gives each dataset's source, terms and caveats.
 """
@@ -30,6 +32,7 @@ from medxai.data.datasets._records import (
     require_records,
 )
 from medxai.data.datasets.registry import register_dataset
+from medxai.data.synthetic.cxr import CXR_CLASS_NAMES
 from medxai.errors import DatasetError
 
 __all__ = [
@@ -45,6 +48,9 @@ __all__ = [
     "ieee8023_cxr_manifest",
     "ieee8023_label",
     "read_near_duplicates",
+    "CXRNET_CLASSES",
+    "cxrnet_finding_class",
+    "cxrnet_four_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -336,3 +342,160 @@ def ieee8023_cxr_manifest(
     for record, group in zip(records, merge_groups(records, linked)):
         record["split_group"] = group
     return records
+
+
+# ------------------------------------------------------------------------------- CXRNet four classes
+CXRNET_CLASSES: tuple[str, ...] = CXR_CLASS_NAMES
+"""CXRNet's classes (seed 001, Sec. IV-A): ``("normal", "bacterial", "viral", "covid19")``; index = label."""
+
+_COVID = re.compile(r"covid|sars-?cov-?2", re.IGNORECASE)
+_NOT_IN_FOUR_CLASSES = re.compile(
+    r"\b(tuberculosis|mycobacteri\w*|fungal|pneumocystis|pcp|aspergill\w*|candida\w*|cryptococc\w*|"
+    r"histoplasm\w*|lipoid|aspiration)\b",
+    re.IGNORECASE,
+)
+_BACTERIAL = re.compile(
+    r"\b(bacteria\w*|klebsiella|streptococc\w*|staphylococc\w*|mrsa|mycoplasma|e\.?\s?coli|escherichia|"
+    r"legionella|chlamydophila|chlamydia|nocardia|haemophilus|pseudomonas|moraxella)\b",
+    re.IGNORECASE,
+)
+_VIRAL = re.compile(
+    r"\b(viral|virus|sars|mers(?:-cov)?|varicella|influenza|h1n1|herpes|rsv|adenovirus|cytomegalovirus|cmv|"
+    r"measles)\b",
+    re.IGNORECASE,
+)
+_KERMANY_TO_CXRNET = {"normal": "normal", "pneumonia_bacterial": "bacterial", "pneumonia_viral": "viral"}
+
+
+def cxrnet_finding_class(finding: str) -> str | None:
+    """CXRNet class of an ieee8023 ``finding``, or ``None`` when it is none of the four.
+
+    Rules, first match wins (case-insensitive, flat ``"COVID-19, ARDS"`` and hierarchical
+    ``"Pneumonia/Viral/COVID-19"`` findings alike):
+
+    1. empty, ``todo``, ``Unknown`` -> ``None`` (not labelled);
+    2. mentions COVID-19 / SARS-CoV-2 -> ``"covid19"`` (also with a complication: ``"COVID-19, ARDS"``);
+    3. exactly ``No Finding`` -> ``"normal"``;
+    4. tuberculosis / mycobacteria, fungal (Pneumocystis, Aspergillosis, ...), lipoid or aspiration
+       pneumonia -> ``None``: CXRNet's classes do not include them;
+    5. a bacterial pathogen or ``Bacterial`` (Klebsiella, Streptococcus, Staphylococcus/MRSA, Mycoplasma,
+       E. coli, Legionella, Chlamydophila, Nocardia, ...) -> ``"bacterial"``; a non-COVID virus or ``Viral``
+       (SARS, MERS-CoV, Varicella, Influenza/H1N1, Herpes, ...) -> ``"viral"``; both at once (a
+       co-infection) -> ``None``;
+    6. anything else -> ``None``: ``Pneumonia`` with no cause, ``ARDS`` alone, unknown findings.
+
+    Examples
+    --------
+    >>> cxrnet_finding_class("Pneumonia/Bacterial/Staphylococcus/MRSA"), cxrnet_finding_class("SARS")
+    ('bacterial', 'viral')
+    >>> cxrnet_finding_class("COVID-19, ARDS"), cxrnet_finding_class("Pneumocystis")
+    ('covid19', None)
+    """
+    text = " ".join(str(finding).split())
+    if text.lower() in ("", "todo", "unknown"):
+        return None
+    if _COVID.search(text):
+        return "covid19"
+    if text.lower() == "no finding":
+        return "normal"
+    if _NOT_IN_FOUR_CLASSES.search(text):
+        return None
+    bacterial, viral = bool(_BACTERIAL.search(text)), bool(_VIRAL.search(text))
+    if bacterial != viral:
+        return "bacterial" if bacterial else "viral"
+    return None
+
+
+def _check_ieee8023_label(record: Record, name: str) -> None:
+    """Raise when the four-class mapping contradicts the manifest's three-class label of the same finding."""
+    expected = {"covid19": "COVID-19", "normal": "normal"}.get(name, "pneumonia_other")
+    if record["class_name"] != expected:
+        raise DatasetError(
+            f"{record['image']}: finding {record.get('finding')!r} maps to CXRNet class {name!r}, but the "
+            f"manifest labels it {record['class_name']!r} (expected {expected!r})."
+        )
+
+
+@register_dataset("cxrnet_four_class", class_names=CXRNET_CLASSES, group_key="split_group", patient_ids=False)
+def cxrnet_four_class(
+    root: str | PathLike,
+    ieee8023_dir: str = "cxr_ieee8023_lungmasks",
+    kermany_dir: str = "cxr_kermany_skytells_val",
+    views: Sequence[str] | str | None = FRONTAL_VIEWS,
+) -> list[Record]:
+    """CXRNet's four classes from the staged ieee8023 and Kermany subsets together.
+
+    .. warning::
+        **The sources differ by class, so a classifier can learn the source instead of the disease.**
+        Every COVID-19 image comes from ieee8023 (adults, images from many hospitals and from
+        publications), while most normal, bacterial and viral images are paediatric Kermany images
+        (one hospital, children aged 1-5). Image size, text markers, body habitus and age all separate the
+        sources. Report per-source results, and treat high accuracy on this set as an upper bound
+        that may reflect the source, not the disease. CXRNet's own data (seed 001, Sec. IV-A: 5,863 Kermany
+        images plus COVID-19 images from other collections) has the same confound.
+
+    Layout (``root`` holds both staged sets, e.g. ``../shared/data``)::
+
+        <root>/<ieee8023_dir>/manifest.csv, images/, lung_mask_v7/, near_duplicates.txt
+        <root>/<kermany_dir>/manifest.csv, images/
+
+    Classes (:data:`CXRNET_CLASSES`; label = index): normal = Kermany normal + ieee8023 "No Finding";
+    bacterial = Kermany bacterial + ieee8023 bacterial pathogens; viral = Kermany viral + ieee8023
+    non-COVID viruses; covid19 = ieee8023 COVID-19. ieee8023 findings map by :func:`cxrnet_finding_class`;
+    the others (fungal, lipoid, tuberculosis, ARDS alone, pneumonia of unknown cause) are excluded, and the
+    log counts them by finding.
+
+    Records: ``image``, ``label``, ``class_name``, ``patient_id`` (``"ieee8023:<patient id>"``;
+    ``"kermany:<file stem>"``, as the staged Kermany files carry no patient ids: each image is its own
+    patient, so Kermany splits may leak patients), ``source`` (``"ieee8023"`` or ``"kermany"``) and
+    ``split_group``, the registered group key: ieee8023 patients joined with their near-duplicate partners
+    (from :func:`ieee8023_cxr_manifest`), so near-duplicates stay in one split. ieee8023 records also carry
+    ``view``, ``finding`` and the masks :func:`ieee8023_cxr_manifest` gives: ``lung_mask`` (V7 lungs,
+    0 background, 1 lung) where the manifest has ``lung_mask_v7``, ``lung_lr_mask``, ``lesion_mask``.
+
+    Parameters
+    ----------
+    root
+        Folder holding both staged sets.
+    ieee8023_dir, kermany_dir
+        Their folder names under ``root``.
+    views
+        ieee8023 views to keep (default the frontal views :data:`FRONTAL_VIEWS`; a single string is one
+        view, as ``medxai datalist ... --views PA`` passes it; ``None`` keeps all). Kermany images are
+        all frontal.
+
+    Example
+    -------
+    >>> build_datalist("cxrnet_four_class", "../shared/data", output="cxrnet.json")  # doctest: +SKIP
+    """
+    root = require_dir(root)
+    views = (views,) if isinstance(views, str) else views
+    records: list[Record] = []
+    excluded: Counter[str] = Counter()
+    for record in ieee8023_cxr_manifest(require_dir(root / ieee8023_dir, "ieee8023 folder"), views=views):
+        name = cxrnet_finding_class(record["finding"])
+        if name is None:
+            excluded[record["finding"]] += 1
+            continue
+        _check_ieee8023_label(record, name)
+        label = CXRNET_CLASSES.index(name)
+        patient = record.get("patient_id") or Path(record["image"]).stem  # no id: the image is its own patient
+        ids = {"patient_id": f"ieee8023:{patient}", "split_group": f"ieee8023:{record['split_group']}"}
+        records.append({**record, "label": label, "class_name": name, **ids, "source": "ieee8023"})
+    for record in kermany_cxr_manifest(require_dir(root / kermany_dir, "Kermany folder")):
+        name = _KERMANY_TO_CXRNET[KERMANY_CLASSES[record["label"]]]
+        patient = f"kermany:{Path(record['image']).stem}"
+        label = CXRNET_CLASSES.index(name)
+        extras = {"source": "kermany", "split_group": patient}
+        records.append(make_record(record["image"], label, CXRNET_CLASSES, patient, **extras))
+    counts = Counter((r["source"], r["class_name"]) for r in records)
+    kept = {f"{source}/{name}": n for (source, name), n in sorted(counts.items())}
+    logger.info(
+        "cxrnet_four_class at %s: kept %d images %s; excluded %d ieee8023 images by finding %s.",
+        root,
+        len(records),
+        kept,
+        sum(excluded.values()),
+        dict(sorted(excluded.items())),
+    )
+    return require_records(records, root, "CXRNet four-class set")
