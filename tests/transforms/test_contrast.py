@@ -9,7 +9,7 @@ from monai.data import MetaTensor
 from skimage.exposure import equalize_adapthist
 
 from medxai.errors import InputError
-from medxai.transforms.contrast import CLAHE, CLAHEd
+from medxai.transforms.contrast import CLAHE, CLAHEd, UnsharpMask, UnsharpMaskd
 
 
 def _low_contrast_image(seed: int = 0) -> np.ndarray:
@@ -75,3 +75,54 @@ def test_bad_images_name_the_case_and_problem(image, message):
     with pytest.raises(InputError, match=message) as info:
         CLAHE()(named)
     assert "bad_case.png" in str(info.value)
+
+
+# --- unsharp masking (seed 002 sec. II-A) ---
+
+
+def _step_edge() -> np.ndarray:
+    """(1, 32, 32) image: 0.3 on the left half, 0.6 on the right."""
+    image = np.full((1, 32, 32), 0.3, np.float32)
+    image[:, :, 16:] = 0.6
+    return image
+
+
+def test_unsharp_mask_is_x_plus_amount_times_x_minus_its_gaussian_blur():
+    from scipy.ndimage import gaussian_filter
+
+    image = _step_edge()
+    out = UnsharpMask(radius=2.0, amount=0.5)(image)
+    blurred = gaussian_filter(image[0].astype(np.float64), sigma=2.0, mode="nearest", truncate=4.0)
+    expected = np.clip(image[0] + 0.5 * (image[0] - blurred), 0, 1)
+    np.testing.assert_allclose(out[0], expected, atol=1e-6)
+    # the edge steepens: just left of it darker than 0.3, just right brighter than 0.6, far away unchanged
+    assert out[0, 10, 15] < 0.29 and out[0, 10, 16] > 0.61
+    np.testing.assert_allclose(out[0, :, :4], 0.3, atol=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_unsharp_mask_keeps_metadata_and_amount_zero_is_identity():
+    image = MetaTensor(torch.from_numpy(_step_edge()), meta={"filename_or_obj": "/data/cxr_7.png"})
+    out = UnsharpMaskd(keys="image", amount=0.0)({"image": image})["image"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "/data/cxr_7.png"
+    np.testing.assert_allclose(out.numpy(), _step_edge(), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.full((1, 8, 8), 2.0, np.float32), "expected [0, 1]"),
+        (np.full((8, 8), 0.5, np.float32), "(C, H, W)"),
+        (np.array([[[np.nan, 0.5], [0.5, 0.5]]], np.float32), "NaN/Inf"),
+    ],
+)
+def test_unsharp_mask_rejects_bad_images(image, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        UnsharpMask()(image)
+
+
+def test_unsharp_mask_rejects_bad_parameters():
+    with pytest.raises(InputError, match="radius"):
+        UnsharpMask(radius=0)
+    with pytest.raises(InputError, match="amount"):
+        UnsharpMask(amount=-1)

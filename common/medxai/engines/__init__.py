@@ -12,6 +12,13 @@ from medxai.engines.handlers import (
     explainer_maps,
     output_maps,
 )
+from medxai.engines.snapshots import (
+    SnapshotSelector,
+    cycle_length,
+    cyclic_cosine_scheduler,
+    list_snapshots,
+    weightwatcher_alpha,
+)
 
 __all__ = [
     "ExplanationImageHandler",
@@ -21,4 +28,9 @@ __all__ = [
     "explainer_maps",
     "case_name_of",
     "class_indices_from_engine",
+    "SnapshotSelector",
+    "cyclic_cosine_scheduler",
+    "cycle_length",
+    "list_snapshots",
+    "weightwatcher_alpha",
 ]

@@ -1,4 +1,5 @@
-"""Networks: backbone factory, EDM (CAM head), SIM (slice integration), NCM (noise correction), CT MIL classifier.
+"""Networks: backbone factory, EDM (CAM head), SIM (slice integration), NCM (noise correction), CT MIL classifier,
+CXRNet, an image classifier and the SCPA / PM posterior ensemble.
 
 Bundle configs reference them as ``medxai.networks.<name>``, e.g.
 ``{"_target_": "medxai.networks.CTMILNet", "backbone": "resnet50", "section_length": 16}``.
@@ -7,9 +8,11 @@ Bundle configs reference them as ``medxai.networks.<name>``, e.g.
 from __future__ import annotations
 
 from medxai.networks.backbones import BackboneSpec, TinyTrunk, create_backbone, list_backbones, register_backbone
+from medxai.networks.classifier import ImageClassifier
 from medxai.networks.ct_mil import POOLING_MODES, CTMILNet
 from medxai.networks.cxrnet import CXRNet
 from medxai.networks.edm import EDMHead
+from medxai.networks.ensemble import ENSEMBLE_MODES, PosteriorEnsemble, combine_posteriors
 from medxai.networks.ncm import NoiseTransitionHead, noisy_posterior
 from medxai.networks.sim import (
     INTEGRATION_MODES,
@@ -27,6 +30,10 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "register_backbone",
+    "ImageClassifier",
+    "PosteriorEnsemble",
+    "ENSEMBLE_MODES",
+    "combine_posteriors",
     "CTMILNet",
     "CXRNet",
     "POOLING_MODES",

@@ -6,9 +6,10 @@ puts its 1x1 convolution on these maps, so the class activation maps come out of
 
 Sources, one registry:
 
-- torchvision (``resnet18/34/50/101``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``densenet121/169/201``,
+- torchvision (``resnet18/34/50/101``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``densenet121/161/169/201``,
   ``vgg16/19``, ``squeezenet1_0/1_1``, ``shufflenet_v2_x1_0``, ``inception_v3``): the 12 CNNs of seed 004
-  (Table 1; torchvision has only ShuffleNet v2, seed 004 used v1) plus the ResNet-50 of seed 003;
+  (Table 1; torchvision has only ShuffleNet v2, seed 004 used v1), the ResNet-50 of seed 003, and the
+  VGG-16/19, ResNet-18/34 and DenseNet-161/201 of DeepCOVIDExplainer (seed 002, sec. II-B);
 - timm: ``xception`` (timm's ``legacy_xception``, the Keras/Chollet model of seed 004), and any timm model
   by the prefix ``timm:`` (e.g. ``timm:efficientnet_b0``), built with ``num_classes=0, global_pool=""``;
 - MONAI: ``monai_resnet18/34/50`` (:class:`monai.networks.nets.ResNet`) and ``monai_densenet121``;
@@ -211,7 +212,7 @@ def _register_torchvision_densenet(arch: str) -> None:
         return _named_sequential(model, ["features"], (("relu", nn.ReLU()),)), model.classifier.in_features
 
 
-for _arch in ("densenet121", "densenet169", "densenet201"):
+for _arch in ("densenet121", "densenet161", "densenet169", "densenet201"):
     _register_torchvision_densenet(_arch)
 
 

@@ -1,4 +1,9 @@
-"""Contrast enhancement of chest X-rays: CLAHE on the lung-segmented image (seed 001 sec. III-A-2).
+"""Contrast and edge enhancement of chest X-rays.
+
+- CLAHE on the lung-segmented image (CXRNet, seed 001 sec. III-A-2): :class:`CLAHE`, :class:`CLAHEd`.
+- Unsharp masking edge enhancement (DeepCOVIDExplainer, seed 002 sec. II-A): :class:`UnsharpMask`,
+  :class:`UnsharpMaskd`. Its global histogram equalisation is MONAI's ``HistogramNormalized`` and its noise
+  elimination MONAI's ``MedianSmoothd``; the bundle chains the three.
 
 CXRNet's preprocessing extracts the lungs (sec. III-A-1) and then applies Contrast Limited Adaptive
 Histogram Equalization (CLAHE, Zuiderveld 1994): histograms of local tiles are clipped at a limit before
@@ -20,11 +25,32 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from skimage.exposure import equalize_adapthist
+from skimage.filters import unsharp_mask
 
 from medxai.errors import InputError
 from medxai.transforms.checks import case_name
 
-__all__ = ["CLAHE", "CLAHEd"]
+__all__ = ["CLAHE", "CLAHEd", "UnsharpMask", "UnsharpMaskd"]
+
+
+def _checked_2d(img: Any, transform: str) -> tuple[np.ndarray, str]:
+    """``img`` as a numpy (C, H, W) array of finite values, and how to name it in an error."""
+    where = f"case '{case_name(img)}'" if isinstance(img, MetaTensor) else "image"
+    array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if array.ndim != 3:
+        raise InputError(f"{transform}: {where} must be a channel-first 2D image (C, H, W), got shape {array.shape}.")
+    if not np.isfinite(array).all():
+        raise InputError(f"{transform}: {where} holds {int((~np.isfinite(array)).sum())} NaN/Inf pixels.")
+    return array, where
+
+
+def _like(out: np.ndarray, img: Any) -> Any:
+    """``out`` as the type of ``img``: a MetaTensor keeps its metadata, a tensor its device."""
+    if isinstance(img, MetaTensor):
+        return MetaTensor(torch.from_numpy(out), meta=dict(img.meta), applied_operations=img.applied_operations)
+    if isinstance(img, torch.Tensor):
+        return torch.from_numpy(out).to(img.device)
+    return out
 
 
 class CLAHE(Transform):
@@ -82,12 +108,7 @@ class CLAHE(Transform):
 
     def __call__(self, img: Any, mask: Any = None) -> Any:
         """Equalise ``img`` (C, H, W); with ``mask`` (1 or C, H, W), pixels where it is 0 are set to 0 afterwards."""
-        where = f"case '{case_name(img)}'" if isinstance(img, MetaTensor) else "image"
-        array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        if array.ndim != 3:
-            raise InputError(f"CLAHE: {where} must be a channel-first 2D image (C, H, W), got shape {array.shape}.")
-        if not np.isfinite(array).all():
-            raise InputError(f"CLAHE: {where} holds {int((~np.isfinite(array)).sum())} NaN/Inf pixels.")
+        array, where = _checked_2d(img, "CLAHE")
         out = np.stack(
             [
                 equalize_adapthist(
@@ -104,11 +125,7 @@ class CLAHE(Transform):
             if keep.ndim != 3 or keep.shape[1:] != out.shape[1:] or keep.shape[0] not in (1, out.shape[0]):
                 raise InputError(f"CLAHE: {where}: mask of shape {keep.shape} does not match the image {out.shape}.")
             out = out * (keep > 0)
-        if isinstance(img, MetaTensor):
-            return MetaTensor(torch.from_numpy(out), meta=dict(img.meta), applied_operations=img.applied_operations)
-        if isinstance(img, torch.Tensor):
-            return torch.from_numpy(out).to(img.device)
-        return out
+        return _like(out, img)
 
 
 class CLAHEd(MapTransform):
@@ -144,4 +161,65 @@ class CLAHEd(MapTransform):
             mask = d[self.mask_key]
         for key in self.key_iterator(d):
             d[key] = self.clahe(d[key], mask)
+        return d
+
+
+class UnsharpMask(Transform):
+    """Unsharp-mask edge enhancement of a channel-first 2D image (C, H, W) in [0, 1] (seed 002 sec. II-A).
+
+    ``out = clip(x + amount * (x - G_radius * x), 0, 1)``, each channel on its own, where ``G_radius`` is a
+    Gaussian blur of standard deviation ``radius`` pixels: scikit-image's
+    :func:`skimage.filters.unsharp_mask`. Edges (where the image differs from its blur) are steepened,
+    flat regions are unchanged. The paper names the method but not its parameters; scikit-image's
+    defaults (radius 1, amount 1) are ours.
+
+    Parameters
+    ----------
+    radius
+        Standard deviation of the Gaussian blur, in pixels (> 0).
+    amount
+        Strength of the enhancement (>= 0; 0 returns the image unchanged).
+
+    Raises
+    ------
+    InputError
+        For an image that is not (C, H, W) or holds NaN/Inf, or values outside [0, 1] (scale it first, e.g.
+        with ``ScaleIntensityd``), naming the case.
+    """
+
+    backend = CLAHE.backend
+
+    def __init__(self, radius: float = 1.0, amount: float = 1.0) -> None:
+        if not float(radius) > 0.0:
+            raise InputError(f"UnsharpMask: radius must be > 0 pixels, got {radius}.")
+        if not float(amount) >= 0.0:
+            raise InputError(f"UnsharpMask: amount must be >= 0, got {amount}.")
+        self.radius, self.amount = float(radius), float(amount)
+
+    def __call__(self, img: Any) -> Any:
+        """Sharpen ``img`` (C, H, W) with values in [0, 1]; returns float32 in [0, 1] of the same type."""
+        array, where = _checked_2d(img, "UnsharpMask")
+        low, high = float(array.min()), float(array.max())
+        if low < -1e-6 or high > 1.0 + 1e-6:
+            raise InputError(f"UnsharpMask: {where} has values in [{low:g}, {high:g}]; expected [0, 1].")
+        unit = np.clip(array.astype(np.float64), 0.0, 1.0)
+        out = np.stack([unsharp_mask(channel, radius=self.radius, amount=self.amount) for channel in unit])
+        return _like(out.astype(np.float32), img)
+
+
+class UnsharpMaskd(MapTransform):
+    """Dictionary version of :class:`UnsharpMask`."""
+
+    backend = UnsharpMask.backend
+
+    def __init__(
+        self, keys: KeysCollection, radius: float = 1.0, amount: float = 1.0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.sharpen = UnsharpMask(radius, amount)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.sharpen(d[key])
         return d

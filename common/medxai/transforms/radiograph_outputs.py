@@ -153,7 +153,8 @@ class WriteRadiographOutputsd(CaseOutputWriter):
         focus = np.where(salient, normalised, 0.0)
         name, score = names[predicted], float(probs[predicted])
         if lung is not None:  # anatomy reads (H, W) as displayed: the loaded (X, Y) planes transposed
-            text = describe(focus.T, lung.T, name, score, self.method)
+            # the score is the class probability for every method (also LRP, whose own score is a relevance)
+            text = describe(focus.T, lung.T, name, score, self.method, score_kind="probability")
         else:
             method = METHOD_NAMES.get(self.method.lower(), self.method)
             sentence = (

@@ -28,9 +28,11 @@ from medxai.data.datasets.covid_ct import (
 )
 from medxai.data.datasets.cxr import (
     CXRNET_CLASSES,
+    DEEPCOVID_CLASSES,
     covidx_cxr,
     cxrnet_finding_class,
     cxrnet_four_class,
+    deepcovid_three_class,
     ieee8023_cxr,
     ieee8023_cxr_manifest,
     ieee8023_label,
@@ -74,8 +76,10 @@ __all__ = [
     "ieee8023_label",
     "read_near_duplicates",
     "CXRNET_CLASSES",
+    "DEEPCOVID_CLASSES",
     "cxrnet_finding_class",
     "cxrnet_four_class",
+    "deepcovid_three_class",
     "brain_ventricles_bert_manifest",
     "brain_ventricles_carrieri_manifest",
 ]

@@ -6,6 +6,8 @@
 * The staged subsets of Kermany and ieee8023 (with lung and lesion masks) in ``../shared/data``.
 * CXRNet's four classes (normal / bacterial / viral / COVID-19; Zhang et al., seed 001) from those two
   staged subsets together (:func:`cxrnet_four_class`).
+* DeepCOVIDExplainer's three classes (normal / pneumonia / COVID-19; Karim et al., seed 002) from the
+  same two subsets (:func:`deepcovid_three_class`).
 
 ``docs/data.md`` gives each dataset's source, terms and caveats.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +53,8 @@ __all__ = [
     "CXRNET_CLASSES",
     "cxrnet_finding_class",
     "cxrnet_four_class",
+    "DEEPCOVID_CLASSES",
+    "deepcovid_three_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -416,6 +420,39 @@ def _check_ieee8023_label(record: Record, name: str) -> None:
         )
 
 
+def _two_source_records(
+    root: str | PathLike,
+    ieee8023_dir: str,
+    kermany_dir: str,
+    views: Sequence[str] | str | None,
+    class_names: Sequence[str],
+    ieee8023_class: Callable[[Record], str | None],
+    kermany_class: Callable[[int], str],
+) -> list[Record]:
+    """Records of the staged ieee8023 and Kermany subsets under one class list (``None``: leave the image out).
+
+    ieee8023 records keep their manifest fields and masks; ``patient_id`` and ``split_group`` get a source
+    prefix (near-duplicate groups from :func:`ieee8023_cxr_manifest`); each Kermany image is its own patient.
+    """
+    root = require_dir(root)
+    views = (views,) if isinstance(views, str) else views
+    records: list[Record] = []
+    for record in ieee8023_cxr_manifest(require_dir(root / ieee8023_dir, "ieee8023 folder"), views=views):
+        name = ieee8023_class(record)
+        if name is None:
+            continue
+        patient = record.get("patient_id") or Path(record["image"]).stem  # no id: the image is its own patient
+        ids = {"patient_id": f"ieee8023:{patient}", "split_group": f"ieee8023:{record['split_group']}"}
+        label = list(class_names).index(name)
+        records.append({**record, "label": label, "class_name": name, **ids, "source": "ieee8023"})
+    for record in kermany_cxr_manifest(require_dir(root / kermany_dir, "Kermany folder")):
+        name = kermany_class(record["label"])
+        patient = f"kermany:{Path(record['image']).stem}"
+        extras = {"source": "kermany", "split_group": patient}
+        records.append(make_record(record["image"], list(class_names).index(name), class_names, patient, **extras))
+    return records
+
+
 @register_dataset("cxrnet_four_class", class_names=CXRNET_CLASSES, group_key="split_group", patient_ids=False)
 def cxrnet_four_class(
     root: str | PathLike,
@@ -468,26 +505,20 @@ def cxrnet_four_class(
     -------
     >>> build_datalist("cxrnet_four_class", "../shared/data", output="cxrnet.json")  # doctest: +SKIP
     """
-    root = require_dir(root)
-    views = (views,) if isinstance(views, str) else views
-    records: list[Record] = []
     excluded: Counter[str] = Counter()
-    for record in ieee8023_cxr_manifest(require_dir(root / ieee8023_dir, "ieee8023 folder"), views=views):
+
+    def ieee8023_class(record: Record) -> str | None:
         name = cxrnet_finding_class(record["finding"])
         if name is None:
             excluded[record["finding"]] += 1
-            continue
-        _check_ieee8023_label(record, name)
-        label = CXRNET_CLASSES.index(name)
-        patient = record.get("patient_id") or Path(record["image"]).stem  # no id: the image is its own patient
-        ids = {"patient_id": f"ieee8023:{patient}", "split_group": f"ieee8023:{record['split_group']}"}
-        records.append({**record, "label": label, "class_name": name, **ids, "source": "ieee8023"})
-    for record in kermany_cxr_manifest(require_dir(root / kermany_dir, "Kermany folder")):
-        name = _KERMANY_TO_CXRNET[KERMANY_CLASSES[record["label"]]]
-        patient = f"kermany:{Path(record['image']).stem}"
-        label = CXRNET_CLASSES.index(name)
-        extras = {"source": "kermany", "split_group": patient}
-        records.append(make_record(record["image"], label, CXRNET_CLASSES, patient, **extras))
+        else:
+            _check_ieee8023_label(record, name)
+        return name
+
+    records = _two_source_records(
+        root, ieee8023_dir, kermany_dir, views, CXRNET_CLASSES, ieee8023_class,
+        lambda label: _KERMANY_TO_CXRNET[KERMANY_CLASSES[label]],
+    )  # fmt: skip
     counts = Counter((r["source"], r["class_name"]) for r in records)
     kept = {f"{source}/{name}": n for (source, name), n in sorted(counts.items())}
     logger.info(
@@ -499,3 +530,53 @@ def cxrnet_four_class(
         dict(sorted(excluded.items())),
     )
     return require_records(records, root, "CXRNet four-class set")
+
+
+# ----------------------------------------------------------------------------------- DeepCOVIDExplainer
+DEEPCOVID_CLASSES = ("normal", "pneumonia", "covid19")
+"""Classes of DeepCOVIDExplainer (seed 002 sec. III-A); label = index."""
+
+_IEEE8023_TO_DEEPCOVID = {"normal": "normal", "pneumonia_other": "pneumonia", "COVID-19": "covid19"}
+_KERMANY_TO_DEEPCOVID = {"normal": "normal", "pneumonia_bacterial": "pneumonia", "pneumonia_viral": "pneumonia"}
+
+
+@register_dataset("deepcovid_three_class", class_names=DEEPCOVID_CLASSES, group_key="split_group", patient_ids=False)
+def deepcovid_three_class(
+    root: str | PathLike,
+    ieee8023_dir: str = "cxr_ieee8023_lungmasks",
+    kermany_dir: str = "cxr_kermany_skytells_val",
+    views: Sequence[str] | str | None = FRONTAL_VIEWS,
+) -> list[Record]:
+    """DeepCOVIDExplainer's three classes from the staged ieee8023 and Kermany subsets together.
+
+    .. warning::
+        **The sources differ by class** (see :func:`cxrnet_four_class`): every COVID-19 image is an adult
+        ieee8023 image, most normal and pneumonia images are paediatric Kermany images. Report results
+        per source. The paper's COVIDx-based data mixes sources by class in the same way.
+
+    Classes (:data:`DEEPCOVID_CLASSES`; label = index): normal = Kermany normal + ieee8023 "No Finding";
+    pneumonia = Kermany bacterial and viral + every ieee8023 non-COVID finding (the manifest's
+    ``pneumonia_other``, which includes fungal, lipoid and tuberculous findings); covid19 = ieee8023
+    COVID-19. The ieee8023 label is the manifest's three-class ``label`` column.
+
+    Records as :func:`cxrnet_four_class` gives them (``image``, ``label``, ``class_name``, ``patient_id``,
+    ``source``, ``split_group``; ieee8023 records also ``finding``, ``view`` and the masks
+    ``lung_mask`` / ``lung_lr_mask`` / ``lesion_mask`` where they exist).
+
+    Example
+    -------
+    >>> build_datalist("deepcovid_three_class", "../shared/data", output="deepcovid.json")  # doctest: +SKIP
+    """
+    records = _two_source_records(
+        root, ieee8023_dir, kermany_dir, views, DEEPCOVID_CLASSES,
+        lambda record: _IEEE8023_TO_DEEPCOVID[record["class_name"]],
+        lambda label: _KERMANY_TO_DEEPCOVID[KERMANY_CLASSES[label]],
+    )  # fmt: skip
+    counts = Counter((r["source"], r["class_name"]) for r in records)
+    logger.info(
+        "deepcovid_three_class at %s: kept %d images %s.",
+        root,
+        len(records),
+        {f"{source}/{name}": n for (source, name), n in sorted(counts.items())},
+    )
+    return require_records(records, root, "DeepCOVIDExplainer three-class set")
