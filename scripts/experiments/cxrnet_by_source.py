@@ -1,7 +1,8 @@
-"""Cross-tabulate CXRNet test predictions by image source (ieee8023 / Kermany), true and predicted class.
+"""Cross-tabulate test predictions by image source (ieee8023 / Kermany), true and predicted class.
 
-The four real classes come from two sources (COVID-19 only from ieee8023, most others from Kermany), so a
-classifier can learn the source instead of the disease; this table shows whether it did.
+Used for CXRNet's four classes and DeepCOVIDExplainer's three. The real classes come from two sources
+(COVID-19 only from ieee8023, most others from Kermany), so a classifier can learn the source instead of the
+disease; this table shows whether it did.
 Usage: python scripts/experiments/cxrnet_by_source.py DATALIST.json PREDICTIONS.csv [--split test]
 """
 

@@ -10,9 +10,11 @@
 # chosen snapshot, and with ensemble.json the SCPA and PM ensembles of its snapshots. Then ensembles of networks
 # (Table II pairs and the triple; each network's chosen snapshot), and explain.json's Grad-CAM / Grad-CAM++ / LRP
 # localisation on the COVID-19 test images with lesion masks, with the network of the best validation accuracy.
+# $ENSEMBLES lists the network ensembles as net1+net2[+...] (default Table II's four).
 # Results (metrics.json, explanation_comparison.json, timings) go to docs/experiments/ensemble/<part>/; the table:
 #   python scripts/experiments/ensemble_summary.py docs/experiments/ensemble/<part>
 # Usage: bash scripts/experiments/ensemble_measure.sh synthetic|real
+# RESUME=1 keeps the work folder and skips the networks already trained and evaluated there.
 # Work folders go under ${ENSEMBLE_WORK:-/tmp/ensemble_measure}; the demo data cache is $MEDXAI_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,10 +23,12 @@ repo=$(pwd)
 work=${ENSEMBLE_WORK:-/tmp/ensemble_measure}/$part
 results=$repo/docs/experiments/ensemble/$part
 NETS=${NETS:-"vgg16 vgg19 resnet18 resnet34 densenet161 densenet201"}
-rm -rf "$work" && mkdir -p "$work" "$results"
+[ -n "${RESUME:-}" ] || rm -rf "$work"
+mkdir -p "$work" "$results"
 C=$repo/bundles/covid19_cxr_ensemble_classification/configs
 printf '{"date": "%s", "machine": "%s, %s CPU cores, no GPU", "commit": "%s", "part": "%s"}\n' \
   "$(date -u +%FT%TZ)" "$(uname -m)" "$(nproc)" "$(git rev-parse --short HEAD)" "$part" > "$results/run.json"
+files() { local out="" f; for f in "$@"; do out+="'$f',"; done; echo "[${out%,}]"; }
 if [ "$part" = demo ]; then
   cp -r "$repo/bundles/covid19_cxr_ensemble_classification" "$work/bundles_copy"
   start=$(date +%s)
@@ -46,6 +50,12 @@ PY
   cp "$B/models/snapshot_selection.json" "$results/snapshot_selection.json"
   cp "$B/eval/explain/explanation_comparison.json" "$results/explanation_comparison.json"
   cp "$B/eval/explain/perturbation_curves.png" "$results/perturbation_curves.png"
+  for mode in scpa pm; do  # the demo run's four snapshots as SCPA and PM ensembles
+    python -m monai.bundle run --config_file "$(files "$B/configs/train.json" "$B/configs/evaluate.json" \
+      "$B/configs/demo.json" "$B/configs/ensemble.json")" --bundle_root "$B" --output_dir "$work/eval_$mode" \
+      --ensemble_mode "$mode" > "$work/eval_$mode.log" 2>&1 || { tail -40 "$work/eval_$mode.log"; exit 1; }
+    mkdir -p "$results/snapshots_$mode" && cp "$work/eval_$mode/metrics.json" "$results/snapshots_$mode/metrics.json"
+  done
   exit 0
 fi
 overlays=("$C/torchvision_cpu.json")
@@ -74,13 +84,12 @@ PY
     explain_extra=(--dataset_dir "$work/lesion_datalist.json" --use_lung_mask False) ;;
   *) echo "unknown part $part (synthetic, real)" >&2; exit 2 ;;
 esac
-files() { local out="" f; for f in "$@"; do out+="'$f',"; done; echo "[${out%,}]"; }
 timed() {  # name, command...: run, log, record the wall time
   local name=$1 start; shift; start=$(date +%s)
   "$@" > "$work/$name.log" 2>&1 || { tail -40 "$work/$name.log"; exit 1; }
   echo "{\"step\": \"$name\", \"wall_s\": $(( $(date +%s) - start ))}" >> "$results/timings.jsonl"
 }
-rm -f "$results/timings.jsonl"
+[ -n "${RESUME:-}" ] || rm -f "$results/timings.jsonl"
 evaluate() {  # name, bundle root, extra configs and overrides...
   local name=$1 root=$2; shift 2
   local configs=("$C/train.json" "$C/evaluate.json" "${overlays[@]}")
@@ -88,8 +97,13 @@ evaluate() {  # name, bundle root, extra configs and overrides...
   timed "evaluate_$name" python -m monai.bundle run --config_file "$(files "${configs[@]}")" --bundle_root "$root" \
     --output_dir "$work/eval_$name" "${data[@]}" "$@"
   mkdir -p "$results/$name" && cp "$work/eval_$name/metrics.json" "$results/$name/metrics.json"
+  if [ "$part" = real ]; then  # the classes come from different sources: who predicted what, per source
+    python scripts/experiments/cxrnet_by_source.py "$work/datalist.json" "$work/eval_$name/predictions.csv" \
+      > "$results/$name/by_source.tsv"
+  fi
 }
 for net in $NETS; do
+  if [ -n "${RESUME:-}" ] && [ -f "$results/${net}_snapshots_pm/metrics.json" ]; then continue; fi
   timed "training_$net" python -m monai.bundle run training --config_file "$(files "$C/train.json" "${overlays[@]}")" \
     --bundle_root "$work/$net" --backbone "$net" "${data[@]}"
   cp "$work/$net/models/snapshot_selection.json" "$results/snapshot_selection_$net.json"
@@ -98,20 +112,21 @@ for net in $NETS; do
     evaluate "${net}_snapshots_$mode" "$work/$net" "$C/ensemble.json" --backbone "$net" --ensemble_mode "$mode"
   done
 done
-ensemble() {  # name, networks...
-  local name=$1 ckpts="" nets="" net; shift
-  for net in "$@"; do ckpts+="'$work/$net/models/model.pt',"; nets+="'$net',"; done
+ensemble() {  # name: networks joined by '+'; each network's chosen snapshot (models/model.pt)
+  local name=$1 ckpts="" nets="" net
+  for net in ${name//+/ }; do ckpts+="'$work/$net/models/model.pt',"; nets+="'$net',"; done
   for mode in scpa pm; do
-    evaluate "${name}_$mode" "$work/$1" "$C/ensemble.json" --ensemble_checkpoints "[${ckpts%,}]" \
+    evaluate "${name}_$mode" "$work/${name%%+*}" "$C/ensemble.json" --ensemble_checkpoints "[${ckpts%,}]" \
       --ensemble_backbones "[${nets%,}]" --ensemble_mode "$mode"
   done
 }
-if [[ " $NETS " == *" vgg19 "* && " $NETS " == *" resnet18 "* && " $NETS " == *" densenet161 "* ]]; then
-  ensemble resnet18+densenet161 resnet18 densenet161
-  ensemble vgg19+densenet161 vgg19 densenet161
-  ensemble vgg19+resnet18 vgg19 resnet18
-  ensemble densenet161+vgg19+resnet18 densenet161 vgg19 resnet18
-fi
+# Table II's combinations by default; a combination runs when all its networks were trained
+ENSEMBLES=${ENSEMBLES:-"resnet18+densenet161 vgg19+densenet161 vgg19+resnet18 densenet161+vgg19+resnet18"}
+for combo in $ENSEMBLES; do
+  missing=0
+  for net in ${combo//+/ }; do [[ " $NETS " == *" $net "* ]] || missing=1; done
+  if [ $missing = 0 ]; then ensemble "$combo"; fi
+done
 best=$(python - "$results" $NETS <<'PY'
 import json, sys
 scores = {n: json.load(open(f"{sys.argv[1]}/snapshot_selection_{n}.json"))["chosen_score"] for n in sys.argv[2:]}

@@ -21,12 +21,16 @@ def metrics_table(results: Path) -> list[str]:
         "| model | accuracy | macro precision | macro recall | macro F1 | PPV normal / pneumonia / COVID-19 | COVID-19 recall |",
         "|---|---|---|---|---|---|---|",
     ]
-    for metrics in sorted(results.glob("*/metrics.json"), key=lambda p: (p.parent.name.count("+"), p.parent.name)):
+    found = sorted(results.glob("*/metrics.json"), key=lambda p: (p.parent.name.count("+"), p.parent.name))
+    if (results / "metrics.json").is_file():  # the demo: the selected snapshot, models/model.pt
+        found.insert(0, results / "metrics.json")
+    for metrics in found:
         report = json.loads(metrics.read_text())
+        name = "model.pt" if metrics.parent == results else metrics.parent.name
         macro, per_class = report["macro"], report["per_class"]
         ppv = " / ".join(_fmt(per_class[c]["precision"]) for c in report["class_names"])
         lines.append(
-            f"| {metrics.parent.name} | {_fmt(report['accuracy'])} | {_fmt(macro['precision'])} | "
+            f"| {name} | {_fmt(report['accuracy'])} | {_fmt(macro['precision'])} | "
             f"{_fmt(macro['sensitivity'])} | {_fmt(macro['f1'])} | {ppv} | {_fmt(per_class['covid19']['sensitivity'])} |"
         )
     return lines
@@ -37,7 +41,8 @@ def explanation_table(results: Path) -> list[str]:
     if not path.is_file():
         return []
     result = json.loads(path.read_text())
-    network = json.loads((results / "explained_network.json").read_text())["explained_network"]
+    explained = results / "explained_network.json"
+    network = json.loads(explained.read_text())["explained_network"] if explained.is_file() else "models/model.pt"
     lines = [
         f"explained network: {network}; {result['n_cases']} COVID-19 test images",
         "",
