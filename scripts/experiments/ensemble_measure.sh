@@ -10,7 +10,8 @@
 # chosen snapshot, and with ensemble.json the SCPA and PM ensembles of its snapshots. Then ensembles of networks
 # (Table II pairs and the triple; each network's chosen snapshot), and explain.json's Grad-CAM / Grad-CAM++ / LRP
 # localisation on the COVID-19 test images with lesion masks, with the network of the best validation accuracy.
-# $ENSEMBLES lists the network ensembles as net1+net2[+...] (default Table II's four).
+# $ENSEMBLES lists the network ensembles as net1+net2[+...] (default Table II's four). A name <net>_balanced in
+# $NETS trains <net> with balance_classes: true (Table I's balanced columns), e.g. NETS="resnet18 resnet18_balanced".
 # Results (metrics.json, explanation_comparison.json, timings) go to docs/experiments/ensemble/<part>/; the table:
 #   python scripts/experiments/ensemble_summary.py docs/experiments/ensemble/<part>
 # Usage: bash scripts/experiments/ensemble_measure.sh synthetic|real
@@ -103,18 +104,20 @@ evaluate() {  # name, bundle root, extra configs and overrides...
   fi
 }
 for net in $NETS; do
+  backbone=${net%_balanced} train_extra=()
+  [ "$net" = "$backbone" ] || train_extra=(--balance_classes True)
   if [ -n "${RESUME:-}" ] && [ -f "$results/${net}_snapshots_pm/metrics.json" ]; then continue; fi
   timed "training_$net" python -m monai.bundle run training --config_file "$(files "$C/train.json" "${overlays[@]}")" \
-    --bundle_root "$work/$net" --backbone "$net" "${data[@]}"
+    --bundle_root "$work/$net" --backbone "$backbone" "${data[@]}" "${train_extra[@]}"
   cp "$work/$net/models/snapshot_selection.json" "$results/snapshot_selection_$net.json"
-  evaluate "$net" "$work/$net" --backbone "$net"
+  evaluate "$net" "$work/$net" --backbone "$backbone"
   for mode in scpa pm; do
-    evaluate "${net}_snapshots_$mode" "$work/$net" "$C/ensemble.json" --backbone "$net" --ensemble_mode "$mode"
+    evaluate "${net}_snapshots_$mode" "$work/$net" "$C/ensemble.json" --backbone "$backbone" --ensemble_mode "$mode"
   done
 done
 ensemble() {  # name: networks joined by '+'; each network's chosen snapshot (models/model.pt)
   local name=$1 ckpts="" nets="" net
-  for net in ${name//+/ }; do ckpts+="'$work/$net/models/model.pt',"; nets+="'$net',"; done
+  for net in ${name//+/ }; do ckpts+="'$work/$net/models/model.pt',"; nets+="'${net%_balanced}',"; done
   for mode in scpa pm; do
     evaluate "${name}_$mode" "$work/${name%%+*}" "$C/ensemble.json" --ensemble_checkpoints "[${ckpts%,}]" \
       --ensemble_backbones "[${nets%,}]" --ensemble_mode "$mode"
@@ -135,6 +138,6 @@ PY
 )
 echo "{\"explained_network\": \"$best\"}" > "$results/explained_network.json"
 timed explain python -m monai.bundle run --config_file "$(files "$C/inference.json" "$C/explain.json" "${overlays[@]}")" \
-  --bundle_root "$work/$best" --backbone "$best" --output_dir "$work/explain" "${explain_extra[@]}"
+  --bundle_root "$work/$best" --backbone "${best%_balanced}" --output_dir "$work/explain" "${explain_extra[@]}"
 cp "$work/explain/explanation_comparison.json" "$results/explanation_comparison.json"
 cp "$work/explain/perturbation_curves.png" "$results/perturbation_curves.png"

@@ -66,5 +66,31 @@ def test_resolve_datalist_demo_user_dir_and_errors(tmp_path, counting_generator,
 
 
 def test_unknown_demo_set_names_the_choices():
-    with pytest.raises(DatasetError, match="unknown demo set 'lungs'.*brain, ct, cxr"):
+    with pytest.raises(DatasetError, match="unknown demo set 'lungs'.*brain, ct, ct_slices, cxr"):
         demo._generator("lungs")
+
+
+def test_editing_a_sibling_phantom_module_invalidates_the_cache(tmp_path, monkeypatch):
+    """``ct_slices`` cuts the ``ct`` phantoms: an edit to any module beside the generator must regenerate."""
+    import importlib.util
+
+    package = tmp_path / "generators"
+    package.mkdir()
+    (package / "phantom.py").write_text("HU = -700\n")
+    (package / "slices.py").write_text(
+        "import json, pathlib\n"
+        "def generate(output_dir, num_cases=1):\n"
+        "    out = pathlib.Path(output_dir)\n"
+        "    (out / 'datalist.json').write_text(json.dumps({'training': []}))\n"
+    )
+    spec = importlib.util.spec_from_file_location("slices_under_test", package / "slices.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(demo, "_generator", lambda name: (module.generate, {"num_cases": 1}))
+    cache = tmp_path / "cache"
+
+    first = demo.ensure_demo_dataset("ct_slices", cache_dir=cache)
+    assert demo.ensure_demo_dataset("ct_slices", cache_dir=cache) == first
+    (package / "phantom.py").write_text("HU = -600\n")
+    second = demo.ensure_demo_dataset("ct_slices", cache_dir=cache)
+    assert second != first and second.is_file() and first.is_file()

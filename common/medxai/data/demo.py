@@ -28,6 +28,7 @@ DEMO_SETS: dict[str, tuple[str, dict[str, Any]]] = {
     "ct": ("medxai.data.synthetic.ct:generate_ct_dataset", {"num_cases": 60, "seed": 0}),
     "cxr": ("medxai.data.synthetic.cxr:generate_cxr_dataset", {"num_cases": 80, "seed": 0}),
     "brain": ("medxai.data.synthetic.brain:generate_brain_dataset", {"num_subjects": 12, "seed": 0}),
+    "ct_slices": ("medxai.data.synthetic.ct_slices:generate_ct_slice_dataset", {"num_cases": 120, "seed": 0}),
 }
 _FORMAT_VERSION = 1
 
@@ -48,15 +49,17 @@ def _generator(name: str):
 def ensure_demo_dataset(name: str, cache_dir: str | Path | None = None, **overrides: Any) -> Path:
     """Return the datalist path of demo set ``name``, generating it first if it is not cached.
 
-    The folder name includes a digest of the generator arguments and of the generator's source file, so
-    different overrides (e.g. ``num_cases=8`` in tests) never collide and an edited generator never
-    serves a stale set. Generation writes to a temporary sibling folder that is
+    The folder name includes a digest of the generator arguments and of the source files of the generator's
+    package (every ``*.py`` beside the generator's module, since generators share phantoms: ``ct_slices``
+    cuts the ``ct`` phantoms), so different overrides (e.g. ``num_cases=8`` in tests) never collide and an
+    edited generator or phantom never serves a stale set. Generation writes to a temporary sibling folder that is
     renamed into place, so an interrupted run never leaves a half-written set behind.
     """
     generate, defaults = _generator(name)
     kwargs = {**defaults, **overrides}
-    # The generator's source is part of the key: editing a phantom invalidates cached copies.
-    source = Path(inspect.getfile(generate)).read_bytes()
+    # The generators' sources are part of the key: editing any phantom invalidates cached copies.
+    package = Path(inspect.getfile(generate)).parent
+    source = b"".join(path.name.encode() + path.read_bytes() for path in sorted(package.glob("*.py")))
     key = json.dumps([_FORMAT_VERSION, kwargs], sort_keys=True, default=str).encode() + source
     digest = hashlib.sha256(key).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else demo_cache_dir()

@@ -24,7 +24,15 @@ from sklearn.manifold import TSNE
 
 from medxai.errors import InputError
 
-__all__ = ["resolve_layer", "extract_features", "pca_embedding", "tsne_embedding", "embed", "plot_embedding"]
+__all__ = [
+    "resolve_layer",
+    "extract_features",
+    "pca_embedding",
+    "tsne_embedding",
+    "embed",
+    "plot_embedding",
+    "embed_splits",
+]
 
 _MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*", "<", ">")
 
@@ -289,3 +297,58 @@ def plot_embedding(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=dpi, metadata={"Software": None})
     return path
+
+
+def embed_splits(
+    model: torch.nn.Module,
+    loaders: Mapping[str, Iterable[Mapping[str, Any]]],
+    output_dir: str | Path,
+    layer: str | torch.nn.Module = "pool",
+    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    method: str = "tsne",
+    image_key: str = "image",
+    label_key: str = "label",
+    seed: int = 0,
+    perplexity: float = 30.0,
+    device: torch.device | str | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Penultimate features of several splits in one 2D map, coloured by class and marked by split.
+
+    Seed 004 Figs. 11-12: t-SNE of the penultimate features (after global average pooling) of the training
+    and test images of a fold. Every split's loader yields dict batches with ``image_key`` and ``label_key``;
+    all points are embedded together (one t-SNE), so train and test share the map.
+
+    Writes ``<prefix>embedding_<method>.png`` (:func:`plot_embedding`, colour: class, marker: split) and
+    ``<prefix>embedding_<method>.csv`` (``split, index, x, y, label``) into ``output_dir`` and returns
+    ``{"coords", "labels", "splits", "png", "csv"}``. The model is put in eval mode and restored.
+    """
+    was_training = model.training
+    model.eval()
+    features, labels, splits = [], [], []
+    try:
+        with torch.no_grad():
+            for split, loader in loaders.items():
+                for batch in loader:
+                    if image_key not in batch or label_key not in batch:
+                        raise InputError(f"split '{split}': batches need keys '{image_key}' and '{label_key}'.")
+                    features.append(extract_features(model, batch[image_key], layer, device=device))
+                    label = torch.as_tensor(batch[label_key]).reshape(len(features[-1]), -1)
+                    labels += (label.argmax(1) if label.shape[1] > 1 else label[:, 0]).long().tolist()
+                    splits += [split] * len(features[-1])
+    finally:
+        model.train(was_training)
+    if not features:
+        raise InputError("embed_splits: the loaders yielded no batches.")
+    feats = np.concatenate(features, axis=0)
+    kwargs: dict[str, Any] = {"seed": seed, "perplexity": perplexity} if method == "tsne" else {}
+    coords = embed(feats, method, **kwargs)
+    out = Path(output_dir)
+    png = plot_embedding(coords, np.asarray(labels), out / f"{prefix}embedding_{method}.png", groups=splits,
+                         class_names=class_names, title=f"{method} of penultimate features")
+    csv_path = out / f"{prefix}embedding_{method}.csv"
+    rows = ["split,index,x,y,label"] + [
+        f"{s},{i},{x:.6g},{y:.6g},{lab}" for i, (s, (x, y), lab) in enumerate(zip(splits, coords, labels))
+    ]
+    csv_path.write_text("\n".join(rows) + "\n")
+    return {"coords": coords, "labels": labels, "splits": splits, "png": png, "csv": csv_path}

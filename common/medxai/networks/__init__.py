@@ -13,6 +13,7 @@ from medxai.networks.ct_mil import POOLING_MODES, CTMILNet
 from medxai.networks.cxrnet import CXRNet
 from medxai.networks.edm import EDMHead
 from medxai.networks.ensemble import ENSEMBLE_MODES, PosteriorEnsemble, combine_posteriors
+from medxai.networks.input_sizes import INPUT_SIZES, PAPER_NAMES, InputSize, canvas_size
 from medxai.networks.ncm import NoiseTransitionHead, noisy_posterior
 from medxai.networks.sim import (
     INTEGRATION_MODES,
@@ -38,6 +39,10 @@ __all__ = [
     "CXRNet",
     "POOLING_MODES",
     "EDMHead",
+    "INPUT_SIZES",
+    "PAPER_NAMES",
+    "InputSize",
+    "canvas_size",
     "NoiseTransitionHead",
     "noisy_posterior",
     "INTEGRATION_MODES",

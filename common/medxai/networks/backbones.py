@@ -53,6 +53,7 @@ __all__ = [
     "list_backbones",
     "create_backbone",
     "load_trunk_weights",
+    "cached_weights_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -471,10 +472,91 @@ def load_trunk_weights(
         )
 
 
+def _torchvision_arch(spec: BackboneSpec) -> str | None:
+    """The torchvision architecture behind a registered spec (``None`` for MONAI, tiny and timm trunks)."""
+    if spec.pretrained_state_dict is None or _timm_name(spec) is not None:
+        return None
+    return spec.name
+
+
+def cached_weights_file(name: str) -> Path | None:
+    """The local file that ``pretrained=True`` would read for backbone ``name``, if it is already cached.
+
+    torchvision weights (and timm weights published by URL, such as ``legacy_xception``) live in
+    ``<torch.hub.get_dir()>/checkpoints/<file name of the URL>`` (``$TORCH_HOME/hub/checkpoints``); timm weights
+    published on the Hugging Face hub are looked up in the Hugging Face cache without any network access.
+    Returns ``None`` when nothing is cached or the backbone has no published weights. Never downloads.
+    """
+    spec = _get_spec(name)
+    timm_name = _timm_name(spec)
+    url: str | None = None
+    if timm_name is not None:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(timm_name)
+        if cfg is None:
+            return None
+        if cfg.file:
+            return Path(cfg.file) if Path(cfg.file).is_file() else None
+        if cfg.hf_hub_id:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+            except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+                return None
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+                if isinstance(found, str) and Path(found).is_file():
+                    return Path(found)
+        url = cfg.url
+    elif _torchvision_arch(spec) is not None:
+        url = tvm.get_model_weights(spec.name).DEFAULT.url
+    if not url:
+        return None
+    candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+    return candidate if candidate.is_file() else None
+
+
+def _auto_pretrained(spec: BackboneSpec, name: str, in_channels: int) -> tuple[nn.Module, int]:
+    """``pretrained="auto"``: ImageNet weights from the local cache if present, else random initialisation
+    with a WARNING naming the file that was looked for. Never downloads (the cache is checked first)."""
+    timm_name = _timm_name(spec)
+    has_weights = timm_name is not None or spec.pretrained_state_dict is not None
+    if not has_weights:
+        logger.warning(
+            "backbone %s: pretrained='auto' but this trunk has no published ImageNet weights; "
+            "random initialisation.", spec.name,
+        )
+        return spec.build(in_channels)
+    path = cached_weights_file(name)
+    if path is None:
+        where = Path(torch.hub.get_dir()) / "checkpoints"
+        logger.warning(
+            "backbone %s: pretrained='auto' found no ImageNet weights in the local cache (%s or the Hugging Face "
+            "cache); RANDOM INITIALISATION, not transfer learning. Nothing is downloaded: put the weights file "
+            "there, set TORCH_HOME, or pass pretrained_path.", spec.name, where,
+        )
+        return spec.build(in_channels)
+    if timm_name is not None:
+        import timm
+
+        logger.info("backbone %s: ImageNet weights from the local cache %s.", spec.name, path)
+        model = timm.create_model(
+            timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+            in_chans=in_channels, num_classes=0, global_pool="",
+        )
+        return model, int(model.num_features)
+    trunk, num_features = spec.build(in_channels)
+    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    load_trunk_weights(trunk, state, spec, str(path))
+    logger.info("backbone %s: ImageNet weights loaded from the local cache %s (in_channels=%d).", spec.name, path,
+                in_channels)
+    return trunk, num_features
+
+
 def create_backbone(
     name: str,
     in_channels: int = 1,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     pretrained_path: str | Path | None = None,
 ) -> tuple[nn.Module, int]:
     """Build a registered trunk mapping (N, in_channels, H, W) to feature maps (N, K, h, w).
@@ -486,8 +568,11 @@ def create_backbone(
     in_channels
         Input channels of the first convolution (1 for CT slices).
     pretrained
-        Use the ImageNet weights of torchvision's ``DEFAULT`` enum (or timm's default tag) from the local
+        ``True``: the ImageNet weights of torchvision's ``DEFAULT`` enum (or timm's default tag) from the local
         cache; they are downloaded when not cached. MONAI and ``tiny`` trunks have none.
+        ``"auto"``: the same weights only if already in the local cache (:func:`cached_weights_file`),
+        otherwise random initialisation with a WARNING; never downloads (seed 004's transfer learning where
+        weights are available, a working model where they are not).
     pretrained_path
         A local state dict of the full classification model (``torch.load(..., weights_only=True)``);
         takes precedence over ``pretrained``.
@@ -516,6 +601,10 @@ def create_backbone(
         load_trunk_weights(trunk, state, spec, str(path))
         logger.info("backbone %s: weights loaded from %s (in_channels=%d).", spec.name, path, in_channels)
         return trunk, num_features
+    if isinstance(pretrained, str):
+        if pretrained.lower() != "auto":
+            raise InputError(f"backbone '{name}': pretrained must be True, False or 'auto', got {pretrained!r}.")
+        return _auto_pretrained(spec, name, in_channels)
     if pretrained:
         timm_name = _timm_name(spec)
         if timm_name is not None:

@@ -66,7 +66,9 @@ class ImageClassifier(nn.Module):
         Dropout probability before the linear layer, in [0, 1) (0: none, as in torchvision's ResNet / DenseNet).
     pretrained
         ImageNet weights for the trunk (torchvision's ``DEFAULT`` enum, from the local cache; see
-        :func:`~medxai.networks.backbones.create_backbone`). The linear layer is always freshly initialised.
+        :func:`~medxai.networks.backbones.create_backbone`); ``"auto"``: those weights if they are in the
+        local cache, else random initialisation with a WARNING (never downloads). The linear layer is always
+        freshly initialised.
     pretrained_path
         A local state dict of the *full* classification model; its trunk keys are loaded (strict), its
         classifier keys ignored, and the first convolution is channel-adapted (RGB filters summed for one
@@ -101,7 +103,7 @@ class ImageClassifier(nn.Module):
         num_classes: int = 3,
         in_channels: int = 1,
         dropout: float = 0.0,
-        pretrained: bool = False,
+        pretrained: bool | str = False,
         pretrained_path: str | Path | None = None,
     ) -> None:
         super().__init__()
