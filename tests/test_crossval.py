@@ -108,3 +108,16 @@ def test_fold_commands_train_then_evaluate_on_the_fold(tmp_path):
     assert train[train.index("--dataset_dir") + 1] == str((tmp_path / "f" / "datalist.json").resolve())
     assert evaluate[evaluate.index("--output_dir") + 1] == str((tmp_path / "f" / "eval").resolve())
     assert train[train.index("--num_epochs") + 1] == "3" and train[train.index("--backbone") + 1] == "resnet18"
+
+
+def test_fold_overrides_reach_monai_bundle_as_the_same_python_values(tmp_path):
+    """``monai.bundle run`` parses its options with Python Fire: ``False``, ``None``, lists and dicts must come back
+    unchanged (JSON's ``false`` would arrive as the string ``'false'``)."""
+    import fire
+
+    overrides = {"pretrained": False, "pretrained_path": None, "canvas_hw": [32, 44], "lr_values": [0.01, 1e-3],
+                 "demo_args": {"num_cases": 12, "fractions": {"training": 0.5}}, "backbone": "resnet18", "num_epochs": 3}
+    train, _ = fold_commands(tmp_path / "b", tmp_path / "f" / "datalist.json", tmp_path / "f", overrides=overrides)
+    options = train[train.index("--pretrained"):train.index("--output_dir")]
+    parsed = fire.Fire(lambda **kwargs: kwargs, command=options)
+    assert parsed == overrides and parsed["pretrained"] is False and parsed["pretrained_path"] is None

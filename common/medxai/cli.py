@@ -194,6 +194,7 @@ def cv(
     overlays: str | Sequence[str] | None = None,
     seed: int = 0,
     title: str = "",
+    resume: bool = False,
     **overrides: Any,
 ) -> None:
     """k-fold cross-validation of a classification bundle (seed 004 sec. 5.3, Table 2, Figs. 9-10).
@@ -201,7 +202,8 @@ def cv(
     Writes patient-grouped, stratified fold datalists, runs ``monai.bundle`` training and evaluation per fold,
     and writes ``cv_summary.json``, ``cv_table.csv``, ``cv_table.md`` and ``cv_confusion.png`` into
     ``output_dir`` (:func:`medxai.crossval.run_cross_validation`). Other ``--key value`` options are passed to
-    every ``monai.bundle`` run as config overrides (e.g. ``--num_epochs 5``).
+    every ``monai.bundle`` run as config overrides (e.g. ``--num_epochs 5``). ``--resume`` skips the folds that
+    finished earlier in ``output_dir`` with the same datalist and options.
     """
     from medxai.crossval import run_cross_validation
 
@@ -210,6 +212,7 @@ def cv(
         train_configs=_as_list(train_configs, ["configs/train.json"]),
         eval_configs=_as_list(eval_configs, ["configs/evaluate.json"]),
         overlays=_as_list(overlays, []), overrides=overrides, seed=int(seed), title=title,
+        resume=bool(resume),
     )  # fmt: skip
     print((Path(output_dir) / "cv_table.md").read_text())
     print(json.dumps({k: v["mean"] for k, v in summary["metrics"].items()}))

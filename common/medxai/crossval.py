@@ -24,6 +24,7 @@ which it used. The command line is ``medxai cv``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import subprocess
@@ -42,6 +43,7 @@ __all__ = [
     "write_fold_datalists",
     "aggregate_fold_metrics",
     "fold_commands",
+    "fold_is_done",
     "run_cross_validation",
 ]
 
@@ -208,7 +210,7 @@ def _write_summary(summary: Mapping[str, Any], out: Path, title: str) -> None:
         for name in names:
             row = summary["metrics"][name]
             writer.writerow([name, row["mean"], row["std"], *row["per_fold"]])
-    header = "| " + (title or "model") + " | " + " | ".join(names) + " |"
+    header = "| model | " + " | ".join(names) + " |"
     cells = [f"{_pct(summary['metrics'][n]['mean'])} +- {_pct(summary['metrics'][n]['std'])}" for n in names]
     lines = [header, "|" + "---|" * (len(names) + 1), "| " + (title or "model") + " | " + " | ".join(cells) + " |"]
     lines.append("")
@@ -243,9 +245,14 @@ def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str] | None, path:
 
 
 def _override_args(overrides: Mapping[str, Any] | None) -> list[str]:
+    """``--key value`` arguments as ``python -m monai.bundle run`` (Python Fire) parses them back.
+
+    Fire evaluates an argument as a Python literal, so non-strings are written with ``repr``: ``False`` and
+    ``None`` come back as themselves, while JSON's ``false`` / ``null`` would arrive as strings.
+    """
     args: list[str] = []
     for key, value in (overrides or {}).items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
     return args
 
 
@@ -281,6 +288,35 @@ def fold_commands(
     return train, evaluate
 
 
+_DONE_FILE = "fold_done.json"
+
+
+def _fold_record(fold_datalist: Path, commands: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """What identifies a finished fold: its datalist's content and its commands (without the interpreter path)."""
+    return {
+        "datalist_sha256": hashlib.sha256(fold_datalist.read_bytes()).hexdigest(),
+        "commands": [list(command[1:]) for command in commands],
+    }
+
+
+def fold_is_done(fold_dir: str | Path, commands: Sequence[Sequence[str]]) -> bool:
+    """Whether ``fold_dir`` holds a finished run of exactly these commands on its current ``datalist.json``.
+
+    A fold is finished when ``eval/metrics.json`` exists and ``fold_done.json`` (written after its evaluation
+    succeeded) records the same fold datalist (SHA-256 of the file) and the same commands, compared without the
+    Python interpreter's path. Any other override, overlay, seed or datalist makes the fold run again.
+    """
+    fold_dir = Path(fold_dir)
+    done = fold_dir / _DONE_FILE
+    if not (done.is_file() and (fold_dir / "eval" / "metrics.json").is_file()):
+        return False
+    try:
+        recorded = json.loads(done.read_text())
+    except json.JSONDecodeError:
+        return False
+    return recorded == _fold_record(fold_dir / "datalist.json", commands)
+
+
 def run_cross_validation(
     bundle_root: str | Path,
     datalist: str | Path,
@@ -295,21 +331,30 @@ def run_cross_validation(
     seed: int = 0,
     title: str = "",
     python: str = sys.executable,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Write fold datalists, train and evaluate the bundle on every fold, and aggregate (Table 2 shape).
 
-    Each fold writes ``<output_dir>/fold_<k>/{datalist.json, models/, train/, eval/metrics.json, log.txt}``;
-    the summary files go to ``output_dir``. A fold whose subprocess fails raises :class:`RuntimeError`
-    with the tail of its log.
+    Each fold writes ``<output_dir>/fold_<k>/{datalist.json, models/, train/, eval/metrics.json, log.txt,
+    fold_done.json}``; the summary files go to ``output_dir``. A fold whose subprocess fails raises
+    :class:`RuntimeError` with the tail of its log; the folds finished before it keep their results. With
+    ``resume``, a fold that :func:`fold_is_done` with the same datalist and commands is not run again, so an
+    interrupted cross-validation continues where it stopped.
     """
     out = Path(output_dir)
     fold_lists = write_fold_datalists(datalist, out, n_folds, label_key, patient_key, seed)
     metrics_files = []
     for k, fold_list in enumerate(fold_lists):
         fold_dir = fold_list.parent
-        for step, command in zip(("train", "evaluate"), fold_commands(
+        commands = fold_commands(
             bundle_root, fold_list, fold_dir, train_configs, eval_configs, overlays, overrides, python
-        )):
+        )
+        metrics_files.append(fold_dir / "eval" / "metrics.json")
+        if resume and fold_is_done(fold_dir, commands):
+            logger.info("fold %d/%d: finished earlier with the same datalist and commands, not run again", k + 1, len(fold_lists))
+            continue
+        (fold_dir / _DONE_FILE).unlink(missing_ok=True)
+        for step, command in zip(("train", "evaluate"), commands):
             logger.info("fold %d/%d %s: %s", k + 1, len(fold_lists), step, " ".join(command))
             result = subprocess.run(command, capture_output=True, text=True)
             log = result.stdout + result.stderr
@@ -317,5 +362,5 @@ def run_cross_validation(
                 handle.write(f"$ {' '.join(command)}\n{log}\n")
             if result.returncode != 0:
                 raise RuntimeError(f"fold {k} {step} failed (exit {result.returncode}); log tail:\n{log[-3000:]}")
-        metrics_files.append(fold_dir / "eval" / "metrics.json")
+        (fold_dir / _DONE_FILE).write_text(json.dumps(_fold_record(fold_list, commands), indent=2) + "\n")
     return aggregate_fold_metrics(metrics_files, out, title=title)
