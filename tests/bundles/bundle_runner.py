@@ -9,6 +9,7 @@ this folder on ``sys.path``).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -73,9 +74,48 @@ class BundleCopy:
             timeout=timeout,
         )  # fmt: skip
 
+    def infer_on(self, records: Sequence[dict[str, Any]], work: Path) -> tuple[dict[str, str], Path]:
+        """Run ``inference.json`` (then the overlay) on a datalist whose ``test`` list is ``records``.
+
+        The datalist goes to ``work/dataset``, the outputs to ``work/out``. Returns ``bad_cases.json`` as
+        ``{case: error}`` and the output folder.
+        """
+        dataset = work / "dataset"
+        dataset.mkdir()
+        (dataset / "datalist.json").write_text(json.dumps({"test": list(records)}))
+        out = work / "out"
+        self.monai_bundle(
+            "run", "--config_file", str(self.config_files("inference.json")),
+            "--bundle_root", str(self.bundle), "--dataset_dir", str(dataset), "--output_dir", str(out),
+        )  # fmt: skip
+        bad = {entry["case"]: entry["error"] for entry in json.loads((out / "bad_cases.json").read_text())}
+        return bad, out
+
     def write_overlay(self, overlay: dict[str, Any]) -> None:
         """Replace the overlay (``tiny.json``)."""
         (self.bundle / OVERLAY_NAME).write_text(json.dumps(overlay))
+
+
+def predicted_cases(out: Path) -> list[str]:
+    """The case names of ``out/predictions.csv``, sorted."""
+    with open(out / "predictions.csv") as handle:
+        return sorted(row["case"] for row in csv.DictReader(handle))
+
+
+def write_bad_images(folder: Path, good_png: Path, plane_shape: tuple[int, int] = (64, 64)) -> dict[str, Path]:
+    """The bad inputs every 2D bundle must report, by case name: a missing file, a PNG truncated to 100 bytes
+    (cut from ``good_png``), a 3D NIfTI volume and a 2D NIfTI plane with a NaN pixel."""
+    import nibabel as nib
+    import numpy as np
+
+    bad = {name: folder / f"{name}{suffix}" for name, suffix in
+           (("missing", ".png"), ("truncated", ".png"), ("volume", ".nii.gz"), ("with_nan", ".nii.gz"))}  # fmt: skip
+    bad["truncated"].write_bytes(good_png.read_bytes()[:100])
+    nib.save(nib.Nifti1Image(np.ones((*plane_shape, 5), np.float32), np.eye(4)), str(bad["volume"]))
+    plane = np.ones(plane_shape, np.float32)
+    plane[3, 4] = np.nan
+    nib.save(nib.Nifti1Image(plane, np.eye(4)), str(bad["with_nan"]))
+    return bad
 
 
 def _rank_aborted_by_signal(log: str) -> bool:

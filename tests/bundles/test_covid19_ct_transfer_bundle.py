@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, trained_copy
+from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -179,32 +179,15 @@ def test_train_evaluate_infer_explain(trained_bundle):
 def test_bad_inputs_are_reported_and_good_cases_still_written(trained_bundle, tmp_path):
     root = _demo_root(trained_bundle)
     good = json.loads((root / "datalist.json").read_text())["test"][:2]
-    truncated = tmp_path / "truncated.png"
-    truncated.write_bytes((root / good[0]["image"]).read_bytes()[:100])
-    volume, with_nan = tmp_path / "volume.nii.gz", tmp_path / "with_nan.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((64, 48, 5), np.float32), np.eye(4)), str(volume))
-    plane = np.ones((64, 48), np.float32)
-    plane[3, 4] = np.nan
-    nib.save(nib.Nifti1Image(plane, np.eye(4)), str(with_nan))
-    too_bright = tmp_path / "too_bright.png"
-    Image.fromarray(np.full((48, 64), 4000, np.uint16)).save(too_bright)  # 16-bit, outside the 8-bit range
-    records = [{"image": str(root / c["image"])} for c in good]
-    records += [{"image": str(p)} for p in (tmp_path / "missing.png", truncated, volume, with_nan, too_bright)]
-    dataset = tmp_path / "dataset"
-    dataset.mkdir()
-    (dataset / "datalist.json").write_text(json.dumps({"test": records}))
-    out = tmp_path / "out"
-    trained_bundle.monai_bundle(
-        "run", "--config_file", str(trained_bundle.config_files("inference.json")),
-        "--bundle_root", str(trained_bundle.bundle), "--dataset_dir", str(dataset), "--output_dir", str(out),
-    )  # fmt: skip
-    bad = {entry["case"]: entry["error"] for entry in json.loads((out / "bad_cases.json").read_text())}
+    bad_images = write_bad_images(tmp_path, root / good[0]["image"], plane_shape=(64, 48))
+    bad_images["too_bright"] = tmp_path / "too_bright.png"
+    Image.fromarray(np.full((48, 64), 4000, np.uint16)).save(bad_images["too_bright"])  # 16-bit, outside 8-bit range
+    records = [{"image": str(root / c["image"])} for c in good] + [{"image": str(p)} for p in bad_images.values()]
+    bad, out = trained_bundle.infer_on(records, tmp_path)
     assert set(bad) == {"missing", "truncated", "volume", "with_nan", "too_bright"}, bad
     assert "dimension" in bad["volume"] and "NaN" in bad["with_nan"]
-    with open(out / "predictions.csv") as f:
-        assert sorted(row["case"] for row in csv.DictReader(f)) == sorted(
-            c["image"].rsplit("/", 1)[1][: -len(".png")] for c in good
-        )
+    assert predicted_cases(out) == sorted(c["image"].rsplit("/", 1)[1][: -len(".png")] for c in good)
+
 
 def test_multi_gpu_config_trains_on_two_cpu_ranks_with_gloo(tmp_path):
     copy = copy_bundle(BUNDLE.name, tmp_path, {**TINY, "num_epochs": 1})

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, trained_copy
+from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
 from PIL import Image
 
 from medxai.networks import CXRNet
@@ -165,34 +165,18 @@ def test_original_input_overlay_feeds_the_unsegmented_image(trained_bundle, tmp_
 def test_bad_inputs_are_reported_and_good_cases_still_written(trained_bundle, tmp_path):
     root = _demo_root(trained_bundle)
     good = _split(trained_bundle, "test")[:2]
-    truncated = tmp_path / "truncated.png"
-    truncated.write_bytes((root / good[0]["image"]).read_bytes()[:100])
+    bad_images = write_bad_images(tmp_path, root / good[0]["image"])
     records = [{"image": str(root / c["image"]), "lung_mask": str(root / c["lung_mask"])} for c in good]
-    volume, with_nan = tmp_path / "volume.nii.gz", tmp_path / "with_nan.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((64, 64, 5), np.float32), np.eye(4)), str(volume))
-    plane = np.ones((64, 64), np.float32)
-    plane[3, 4] = np.nan
-    nib.save(nib.Nifti1Image(plane, np.eye(4)), str(with_nan))
     mask = str(root / good[0]["lung_mask"])
-    bad_paths = (tmp_path / "missing.png", truncated, volume, with_nan)
-    records += [{"image": str(path), "lung_mask": mask} for path in bad_paths]
-    dataset = tmp_path / "dataset"
-    dataset.mkdir()
-    (dataset / "datalist.json").write_text(json.dumps({"test": records}))
-    out = tmp_path / "out"
-    trained_bundle.monai_bundle(
-        "run", "--config_file", str(trained_bundle.config_files("inference.json")),
-        "--bundle_root", str(trained_bundle.bundle), "--dataset_dir", str(dataset), "--output_dir", str(out),
-    )  # fmt: skip
-    bad = {entry["case"]: entry["error"] for entry in json.loads((out / "bad_cases.json").read_text())}
+    records += [{"image": str(path), "lung_mask": mask} for path in bad_images.values()]
+    bad, out = trained_bundle.infer_on(records, tmp_path)
     assert set(bad) == {"missing", "truncated", "volume", "with_nan"}
     assert "3" in bad["volume"] and "dimension" in bad["volume"]  # a 3D volume is not a radiograph
     assert "NaN" in bad["with_nan"]
     for case in good:
         name = Path(case["image"]).stem
         assert (out / name / f"{name}_summary.json").is_file() and (out / name / f"{name}_map.nii.gz").is_file()
-    with open(out / "predictions.csv") as f:
-        assert sorted(row["case"] for row in csv.DictReader(f)) == sorted(Path(c["image"]).stem for c in good)
+    assert predicted_cases(out) == sorted(Path(c["image"]).stem for c in good)
 
 
 def test_multi_gpu_config_trains_on_two_cpu_ranks_with_gloo(tmp_path):

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, trained_copy
+from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
 from monai.networks.nets import UNet
 from PIL import Image
 
@@ -125,27 +125,17 @@ def test_explain_writes_gradcam_maps_of_the_lung_class(trained_bundle):
 def test_bad_inputs_are_reported_and_good_cases_still_written(trained_bundle, tmp_path):
     root = next(trained_bundle.cache.glob("demo_cxr_*"))
     good = _test_cases(trained_bundle)[:2]
-    truncated = tmp_path / "truncated.png"
-    truncated.write_bytes((root / good[0]["image"]).read_bytes()[:100])
+    bad_images = write_bad_images(tmp_path, root / good[0]["image"])
     records = [{"image": str(root / c["image"])} for c in good]
-    records += [{"image": str(tmp_path / "missing.png")}, {"image": str(truncated)}]
-    dataset = tmp_path / "dataset"
-    dataset.mkdir()
-    (dataset / "datalist.json").write_text(json.dumps({"test": records}))
-    out = tmp_path / "out"
-    trained_bundle.monai_bundle(
-        "run", "--config_file", str(trained_bundle.config_files("inference.json")),
-        "--bundle_root", str(trained_bundle.bundle), "--dataset_dir", str(dataset), "--output_dir", str(out),
-    )  # fmt: skip
-    bad = {entry["case"]: entry["error"] for entry in json.loads((out / "bad_cases.json").read_text())}
+    records += [{"image": str(bad_images[name])} for name in ("missing", "truncated")]
+    bad, out = trained_bundle.infer_on(records, tmp_path)
     assert set(bad) == {"missing", "truncated"}
     assert "does not exist" in bad["missing"] or "No such file" in bad["missing"]
     assert "cannot read" in bad["truncated"]
     for case in good:
         name = Path(case["image"]).stem
         assert (out / name / f"{name}_lung.png").is_file() and (out / name / f"{name}_lung_cropped.png").is_file()
-    with open(out / "predictions.csv") as f:
-        assert sorted(row["case"] for row in csv.DictReader(f)) == sorted(Path(c["image"]).stem for c in good)
+    assert predicted_cases(out) == sorted(Path(c["image"]).stem for c in good)
 
 
 def test_multi_gpu_config_trains_on_two_cpu_ranks_with_gloo(tmp_path):
