@@ -228,6 +228,26 @@ def test_brain_manifests_spacing_matches_the_images(shared_data: Path) -> None:
         assert {s for s, _ in pairs} == {"T2", "PD"} and len({m for _, m in pairs}) == 1
 
 
+def test_bert_thick_thin_datalist_trains_on_thick_labels_and_tests_on_thin(shared_data: Path, tmp_path: Path) -> None:
+    from medxai.data.datasets.brain import bert_thick_thin_datalist
+    from medxai.data.synthetic.brain import generate_brain_dataset
+
+    synthetic = generate_brain_dataset(tmp_path / "synthetic", num_subjects=3, shape=(24, 24, 20),
+                                       spacing_mm=(8.0, 8.0, 2.0), fractions={"training": 0.4, "validation": 0.3, "test": 0.3})  # fmt: skip
+    root = shared_data / "brain_mri_ventricles_freesurfer_bert"
+    path = bert_thick_thin_datalist(root, synthetic, tmp_path / "real")
+    content = json.loads(path.read_text())
+    bert = [r for r in content["training"] if "freesurfer" in r["image"]]
+    assert sorted((Path(r["image"]).parent.name, r["thickness"]) for r in bert) == [("thick_5mm", "thick"), ("thin_1mm", "thin")]
+    assert [(Path(r["image"]).parent.name, r["thickness"]) for r in content["test"]] == [("thin_1mm", "thin"), ("thick_5mm", "thick")]
+    synthetic_training = json.loads(synthetic.read_text())["training"]
+    assert len(content["training"]) == len(synthetic_training) + 2
+    assert all(Path(r["image"]).is_file() and Path(r["label"]).is_file() for split in ("training", "validation", "test")
+               for r in content[split])  # fmt: skip
+    with pytest.raises(DatasetError, match="does not exist"):
+        bert_thick_thin_datalist(root, tmp_path / "nope.json", tmp_path / "bad")
+
+
 # ------------------------------------------------------------------------------------ fabricated layouts
 def test_covid_ct_ucsd_layout_with_meta_info_and_official_split(tmp_path: Path) -> None:
     for name in ("a.png", "b.png", "c.png"):

@@ -19,7 +19,7 @@ from monai.data import load_decathlon_datalist
 
 from medxai.errors import DatasetError
 
-__all__ = ["load_datalist", "case_name"]
+__all__ = ["load_datalist", "case_name", "select_records"]
 
 
 def case_name(record: dict[str, Any], index: int) -> str:
@@ -105,3 +105,38 @@ def load_datalist(
                 )
             record["label"] = label
     return records
+
+
+def select_records(
+    records: Sequence[dict[str, Any]],
+    key: str,
+    values: str | Sequence[str],
+    keep_keys: Sequence[str] | None = None,
+    what: str = "records",
+) -> list[dict[str, Any]]:
+    """The records whose ``key`` is one of ``values``, optionally reduced to ``keep_keys``.
+
+    Used to pick the labelled thick and the unlabelled thin volumes of one split (``key="thickness"``);
+    ``keep_keys=["image"]`` drops the thin volumes' labels so training never reads them.
+
+    Raises
+    ------
+    DatasetError
+        When a record lacks ``key`` or a kept key, or when nothing matches (naming the values found).
+    """
+    wanted = [values] if isinstance(values, str) else list(values)
+    selected = []
+    for i, record in enumerate(records):
+        if key not in record:
+            raise DatasetError(f"{what}: {case_name(record, i)} has no '{key}' to select by.")
+        if str(record[key]) in wanted:
+            if keep_keys is not None:
+                missing = [k for k in keep_keys if k not in record]
+                if missing:
+                    raise DatasetError(f"{what}: {case_name(record, i)} lacks {missing}.")
+                record = {k: record[k] for k in keep_keys}
+            selected.append(record)
+    if not selected:
+        found = sorted({str(r.get(key)) for r in records})
+        raise DatasetError(f"{what}: no record has {key} in {wanted}; the values found are {found}.")
+    return selected

@@ -1,5 +1,6 @@
-"""Ignite handlers for MONAI workflows: explanation overlays and learning rate in TensorBoard, and
-patient-level classification reports at every evaluation."""
+"""Ignite handlers and engines for MONAI workflows: explanation overlays and learning rate in TensorBoard,
+patient-level classification reports at every evaluation, the thick/thin trainer and the slice-Dice and
+latent-space handlers of the ventricle segmentation."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from medxai.engines.handlers import (
     explainer_maps,
     output_maps,
 )
+from medxai.engines.segmentation import LatentSpaceHandler, SliceDiceHandler
 from medxai.engines.snapshots import (
     SnapshotSelector,
     cycle_length,
@@ -20,7 +22,12 @@ from medxai.engines.snapshots import (
     weightwatcher_alpha,
 )
 
+from medxai.engines.thick_thin import ThickThinTrainer
+
 __all__ = [
+    "ThickThinTrainer",
+    "SliceDiceHandler",
+    "LatentSpaceHandler",
     "ExplanationImageHandler",
     "ClassificationReportHandler",
     "LearningRateLogger",

@@ -18,6 +18,7 @@ from medxai.explain import (  # noqa: F401  (importing registers the explainers)
     embedding,
     gradients,
     kernel_shap,
+    latent_space,
     lime,
     lrp,
     normalize,
@@ -31,6 +32,15 @@ from medxai.explain.boxes import boxes_from_map, boxes_from_maps
 from medxai.explain.cam import CAM, EDMActivationMap, GradCAM, GradCAMPlusPlus
 from medxai.explain.gradients import Saliency, SmoothGrad
 from medxai.explain.kernel_shap import KernelSHAP
+from medxai.explain.latent_space import (
+    LatentLandscape,
+    cross_validated_error,
+    fit_latent_landscape,
+    latent_features,
+    load_latent_landscape,
+    plot_latent_landscape,
+    save_latent_landscape,
+)
 from medxai.explain.lime import LIME
 from medxai.explain.lrp import LRP
 from medxai.explain.occlusion import Occlusion
@@ -60,4 +70,11 @@ __all__ = [
     "boxes_from_maps",
     "describe",
     "describe_batch",
+    "LatentLandscape",
+    "fit_latent_landscape",
+    "cross_validated_error",
+    "latent_features",
+    "save_latent_landscape",
+    "load_latent_landscape",
+    "plot_latent_landscape",
 ]

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from medxai.engines.inferers import unwrap_network
 from medxai.errors import InputError
 from medxai.explain.base import Explainer, resolve_targets
 from medxai.explain.hooks import select_output
@@ -54,6 +53,10 @@ class RepresentationImage(Explainer):
         self.logits_key = logits_key
 
     def attribute(self, x: torch.Tensor, target: Any, **kwargs: Any) -> torch.Tensor:
+        # imported here: medxai.engines imports medxai.metrics, which imports medxai.explain (a cycle when
+        # medxai.metrics is the first package imported)
+        from medxai.engines.inferers import unwrap_network
+
         details = getattr(unwrap_network(self.model), "forward_details", None)
         with torch.no_grad():
             output = details(x) if callable(details) else self.model(x)

@@ -1,4 +1,5 @@
-"""Metrics: patient-level classification, and explanation quality (perturbation curves, localisation, sanity).
+"""Metrics: patient-level classification, slice-wise segmentation Dice, and explanation quality (perturbation
+curves, localisation, sanity).
 
 All take batches of 2D (B, 1, H, W) or 3D (B, 1, D, H, W) maps and masks and return one value per sample.
 """
@@ -16,6 +17,7 @@ from medxai.metrics.localization import (
 )
 from medxai.metrics.perturbation_curves import aopc_morf, aoppc, average_drop_increase, deletion, insertion
 from medxai.metrics.sanity import cascading_randomization
+from medxai.metrics.segmentation import dice_table, slice_dice
 
 __all__ = [
     "classification_report",
@@ -35,4 +37,6 @@ __all__ = [
     "overlap_sweep",
     "sample_mean",
     "cascading_randomization",
+    "slice_dice",
+    "dice_table",
 ]

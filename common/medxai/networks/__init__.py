@@ -1,5 +1,6 @@
 """Networks: backbone factory, EDM (CAM head), SIM (slice integration), NCM (noise correction), CT MIL classifier,
-CXRNet, an image classifier and the SCPA / PM posterior ensemble.
+CXRNet, the sub-pixel (pixel-shuffle, ICNR) decoder and U-Net, an image classifier and the SCPA / PM posterior
+ensemble.
 
 Bundle configs reference them as ``medxai.networks.<name>``, e.g.
 ``{"_target_": "medxai.networks.CTMILNet", "backbone": "resnet50", "section_length": 16}``.
@@ -24,6 +25,8 @@ from medxai.networks.sim import (
     section_probabilities,
     split_sections,
 )
+from medxai.networks.wrappers import FirstOutput
+from medxai.networks.subpixel import SubpixelDecoder, SubpixelDecoderBlock, SubpixelUNet, split_trunk_stages
 
 __all__ = [
     "BackboneSpec",
@@ -52,4 +55,9 @@ __all__ = [
     "section_probabilities",
     "patient_logit",
     "patient_probability",
+    "SubpixelUNet",
+    "FirstOutput",
+    "SubpixelDecoder",
+    "SubpixelDecoderBlock",
+    "split_trunk_stages",
 ]

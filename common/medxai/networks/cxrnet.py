@@ -24,175 +24,34 @@ map (ResNet; as in fastai's ``DynamicUnet``, which the paper's decoder follows).
 stride gets fewer levels: the CPU test trunk ``small_resnet`` (strides 1, 2, 4, 8) has 3 decoder levels and
 takes inputs whose size is a multiple of 8. Trunks whose layers are not an ``nn.Sequential`` at power-of-two
 strides (Inception v3, SqueezeNet, ShuffleNet, timm models) are refused with an error naming them.
+The stage split and the decoder (:func:`~medxai.networks.subpixel.split_trunk_stages`,
+:class:`~medxai.networks.subpixel.SubpixelDecoder`) live in :mod:`medxai.networks.subpixel`, shared with the
+segmentation U-Net of seed 003 (:class:`~medxai.networks.subpixel.SubpixelUNet`); ``CXRDecoderBlock`` is
+:class:`~medxai.networks.subpixel.SubpixelDecoderBlock`.
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from monai.networks.blocks import Convolution, SubpixelUpsample
 
 from medxai.errors import InputError
-from medxai.networks.backbones import SmallResNetTrunk, TinyTrunk, create_backbone
+from medxai.networks.backbones import create_backbone
+from medxai.networks.subpixel import (
+    DEFAULT_DECODER_CHANNELS,
+    SubpixelDecoder,
+    SubpixelDecoderBlock,
+    check_image_input,
+    split_trunk_stages,
+)
 
 __all__ = ["CXRNet", "CXRDecoderBlock", "split_trunk_stages"]
 
-#: Decoder widths of the 5 levels (deepest first); a trunk with L < 5 levels uses the last L entries.
-DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
-#: Side of the probe image used to measure the stride of every trunk layer.
-_PROBE_SIZE = 64
-
-
-def _trunk_layers(trunk: nn.Module, backbone: str) -> List[Tuple[str, nn.Module]]:
-    """The trunk as an ordered list of layers whose composition is the trunk's forward.
-
-    Plain ``nn.Sequential`` containers are flattened (VGG / DenseNet ``features``; ResNet stages stay whole,
-    their blocks are flattened too and regrouped by stride later). The two registered CPU trunks, whose
-    ``forward`` is written out, are rebuilt from their own modules.
-    """
-    if isinstance(trunk, SmallResNetTrunk):
-        items = [("conv1", trunk.conv1), ("bn1", trunk.bn1), ("relu", nn.ReLU())]
-        return items + [(name, getattr(trunk, name)) for name in ("layer1", "layer2", "layer3")]
-    if isinstance(trunk, TinyTrunk):
-        return [
-            ("conv1", trunk.conv1), ("bn1", trunk.bn1), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", trunk.conv2), ("bn2", trunk.bn2), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-        ]  # fmt: skip
-    if type(trunk) is not nn.Sequential:
-        raise InputError(
-            f"CXRNet: backbone '{backbone}' ({type(trunk).__name__}) is not a sequential trunk; CXRNet needs "
-            "the stage outputs of torchvision / MONAI ResNets, VGG, DenseNet or the 'tiny' / 'small_resnet' trunks."
-        )
-    layers: List[Tuple[str, nn.Module]] = []
-    for name, child in trunk.named_children():
-        if type(child) is nn.Sequential:
-            layers.extend((f"{name}_{sub}", module) for sub, module in _trunk_layers(child, backbone))
-        else:
-            layers.append((name, child))
-    return layers
-
-
-def split_trunk_stages(
-    trunk: nn.Module, in_channels: int, backbone: str = "trunk"
-) -> Tuple[nn.ModuleList, List[int], List[int]]:
-    """Group a trunk's layers into stages that each end at the last layer of one resolution.
-
-    The layers are run on a zero probe image (1, in_channels, 64, 64) in ``eval`` mode without gradients
-    (BatchNorm statistics are untouched). A stage ends where the next layer changes the resolution, so the
-    stage outputs are the trunk's feature maps at every stride, the deepest last.
-
-    Parameters
-    ----------
-    trunk
-        A trunk from :func:`~medxai.networks.backbones.create_backbone`.
-    in_channels
-        Channels of the trunk's input.
-    backbone
-        Name used in error messages.
-
-    Returns
-    -------
-    (stages, strides, channels)
-        ``nn.ModuleList`` of ``nn.Sequential`` stages (the trunk's own modules, not copies), the output
-        stride of each stage (powers of two, increasing) and its number of channels.
-
-    Raises
-    ------
-    InputError
-        When the trunk is not sequential or a layer output is not at a power-of-two stride of the probe.
-    """
-    layers = _trunk_layers(trunk, backbone)
-    was_training = trunk.training
-    trunk.eval()
-    strides, channels = [], []
-    with torch.no_grad():
-        x = torch.zeros(1, in_channels, _PROBE_SIZE, _PROBE_SIZE)
-        for name, layer in layers:
-            x = layer(x)
-            h, w = int(x.shape[-2]), int(x.shape[-1])
-            stride = _PROBE_SIZE // max(h, 1)
-            if x.dim() != 4 or h != w or h * stride != _PROBE_SIZE or stride & (stride - 1) != 0:
-                raise InputError(
-                    f"CXRNet: backbone '{backbone}' layer '{name}' maps a {_PROBE_SIZE}x{_PROBE_SIZE} image to "
-                    f"shape {list(x.shape)}, not a power-of-two stride; CXRNet's pixel-shuffle decoder needs "
-                    "stage outputs at strides 1, 2, 4, ..."
-                )
-            strides.append(stride)
-            channels.append(int(x.shape[1]))
-    trunk.train(was_training)
-    stages, stage_strides, stage_channels = nn.ModuleList(), [], []
-    current: "OrderedDict[str, nn.Module]" = OrderedDict()
-    for i, (name, layer) in enumerate(layers):
-        current[name] = layer
-        if i == len(layers) - 1 or strides[i + 1] != strides[i]:
-            stages.append(nn.Sequential(current))
-            stage_strides.append(strides[i])
-            stage_channels.append(channels[i])
-            current = OrderedDict()
-    if stage_strides[-1] < 2:
-        raise InputError(f"CXRNet: backbone '{backbone}' does not downsample (total stride {stage_strides[-1]}).")
-    return stages, stage_strides, stage_channels
-
-
-class CXRDecoderBlock(nn.Module):
-    """One decoder level of CXRNet (seed 001 Fig. 5, eq. 3): ``D_n = F(concat(U(D_{n-1}), E_skip))``.
-
-    ``U`` is a x2 pixel shuffle (sub-pixel convolution) whose 3x3 convolution has ICNR-initialised weights
-    (:func:`monai.networks.utils.icnr_init`) and a zero bias, so at initialisation every 2x2 output block
-    repeats one value: the upsampling starts as nearest-neighbour upsampling of the convolution output, free
-    of checkerboard artefacts (Aitken et al. 2017). ``blur=True`` adds MONAI's pad-and-average-pool
-    (``apply_pad_pool``, Sugawara et al. 2019). ``F`` is a ReLU on the concatenation followed by two
-    (3x3 conv, BatchNorm, LeakyReLU 0.1) blocks (eq. 4).
-
-    Parameters
-    ----------
-    in_channels
-        Channels of the previous decoder output ``D_{n-1}``.
-    skip_channels
-        Channels of the skip map (0: no skip at this level).
-    out_channels
-        Channels of the upsampled map and of the block output.
-    blur
-        Apply MONAI's pad + average pool after the pixel shuffle.
-    negative_slope
-        Slope of the LeakyReLU (0.1 in the paper).
-
-    Shapes
-    ------
-    ``x``: (B, in_channels, h, w); ``skip``: (B, skip_channels, 2h, 2w) or ``None``; output
-    (B, out_channels, 2h, 2w).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        skip_channels: int,
-        out_channels: int,
-        blur: bool = False,
-        negative_slope: float = 0.1,
-    ) -> None:
-        super().__init__()
-        self.upsample = SubpixelUpsample(
-            spatial_dims=2, in_channels=in_channels, out_channels=out_channels, scale_factor=2, apply_pad_pool=blur
-        )
-        conv = self.upsample.conv_block
-        if isinstance(conv, nn.Conv2d) and conv.bias is not None:
-            nn.init.zeros_(conv.bias)  # ICNR covers the weights; equal (zero) biases keep the 2x2 blocks equal
-        self.relu = nn.ReLU()
-        act = ("leakyrelu", {"negative_slope": negative_slope})
-        self.conv1 = Convolution(2, out_channels + skip_channels, out_channels, kernel_size=3, norm="batch", act=act)
-        self.conv2 = Convolution(2, out_channels, out_channels, kernel_size=3, norm="batch", act=act)
-
-    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        up = self.upsample(x)
-        if skip is not None:
-            up = torch.cat([up, skip], dim=1)
-        return self.conv2(self.conv1(self.relu(up)))
+#: The decoder level of CXRNet, now shared with :class:`~medxai.networks.subpixel.SubpixelUNet` (seed 003).
+CXRDecoderBlock = SubpixelDecoderBlock
 
 
 class CXRNet(nn.Module):
@@ -268,39 +127,19 @@ class CXRNet(nn.Module):
         if num_classes < 2:
             raise InputError(f"CXRNet: num_classes must be >= 2 (softmax cross-entropy), got {num_classes}.")
         trunk, num_features = create_backbone(backbone, in_channels, pretrained, pretrained_path)
-        stages, strides, channels = split_trunk_stages(trunk, in_channels, backbone)
-        num_levels = int(round(math.log2(strides[-1])))
-        decoder_channels = [int(c) for c in decoder_channels]
-        if len(decoder_channels) < num_levels or min(decoder_channels) < 1:
-            raise InputError(
-                f"CXRNet: backbone '{backbone}' needs {num_levels} positive decoder widths, got {decoder_channels}."
-            )
+        stages, strides, channels = split_trunk_stages(trunk, in_channels, backbone, owner="CXRNet")
         self.encoder = stages
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
         self.num_features = int(channels[-1])
         self.size_divisor = int(strides[-1])
         self.stage_strides: List[int] = list(strides)
-
-        # decoder level i upsamples to stride strides[-1] / 2^(i+1); its skip is the last encoder stage at
-        # that stride (index into the stage outputs), -1 for the input image, -2 for none
-        widths = decoder_channels[len(decoder_channels) - num_levels :]
-        blocks, skip_index, previous = nn.ModuleList(), [], self.num_features
-        for level, width in enumerate(widths):
-            stride = self.size_divisor >> (level + 1)
-            if stride in strides[:-1]:
-                index = strides.index(stride)
-                skip, skip_channels = index, channels[index]
-            elif stride == 1:
-                skip, skip_channels = -1, self.in_channels
-            else:
-                skip, skip_channels = -2, 0
-            blocks.append(CXRDecoderBlock(previous, skip_channels, width, blur, negative_slope))
-            skip_index.append(skip)
-            previous = width
-        self.decoder = blocks
-        self.skip_index: List[int] = skip_index
-        self.reconstruction_head = nn.Conv2d(previous, self.in_channels, kernel_size=1)
+        # an nn.ModuleList of the levels: state-dict keys stay decoder.<level>.*
+        self.decoder = SubpixelDecoder(
+            strides, channels, self.in_channels, decoder_channels, blur, negative_slope, "CXRNet", backbone
+        )
+        self.skip_index: List[int] = list(self.decoder.skip_index)
+        self.reconstruction_head = nn.Conv2d(self.decoder.out_channels, self.in_channels, kernel_size=1)
         self.output_activation: nn.Module = nn.Sigmoid() if sigmoid_output else nn.Identity()
 
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -311,18 +150,7 @@ class CXRNet(nn.Module):
         self.return_details = return_details
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputError(
-                f"CXRNet expects images (B, {self.in_channels}, H, W), got shape {list(x.shape)}."
-            )
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if h % self.size_divisor != 0 or w % self.size_divisor != 0 or h == 0 or w == 0:
-            raise InputError(
-                f"CXRNet: input size {h}x{w} is not a multiple of {self.size_divisor} (the encoder's total stride, "
-                f"one x2 pixel-shuffle level per halving); resize or pad the image, e.g. to "
-                f"{max(1, round(h / self.size_divisor)) * self.size_divisor}x"
-                f"{max(1, round(w / self.size_divisor)) * self.size_divisor}."
-            )
+        check_image_input(x, self.in_channels, self.size_divisor, "CXRNet")
 
     @torch.jit.export
     def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -336,16 +164,7 @@ class CXRNet(nn.Module):
     @torch.jit.export
     def decode(self, features: List[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Reconstruction (B, C_in, H, W) from the encoder outputs of ``x`` (eq. 3; ``x`` is the last skip)."""
-        out = features[-1]
-        for level, block in enumerate(self.decoder):
-            index = self.skip_index[level]
-            if index == -2:
-                out = block(out, None)
-            elif index == -1:
-                out = block(out, x)
-            else:
-                out = block(out, features[index])
-        return self.output_activation(self.reconstruction_head(out))
+        return self.output_activation(self.reconstruction_head(self.decoder(features, x)))
 
     @torch.jit.export
     def classify(self, feature_map: torch.Tensor, reconstruction: bool = False) -> torch.Tensor:

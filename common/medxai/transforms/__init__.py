@@ -6,7 +6,7 @@ with axial slices along the last axis; geometric transforms update the affine an
 
 from __future__ import annotations
 
-from medxai.transforms.checks import CheckVolume, CheckVolumed, case_name
+from medxai.transforms.checks import CheckLabelMapd, CheckVolume, CheckVolumed, case_name
 from medxai.transforms.lung import CropToLungd, LungMask, LungMaskd, lung_bounding_box, lung_mask
 from medxai.transforms.lung_segmentation import LungSegmentationd
 from medxai.transforms.slice_sampling import RandSampleSliced
@@ -15,6 +15,7 @@ from medxai.transforms.slices import RandResizedCropSlicesd, ResizeSlicesd, Samp
 __all__ = [
     "CheckVolume",
     "CheckVolumed",
+    "CheckLabelMapd",
     "case_name",
     "CropToLungd",
     "LungMask",

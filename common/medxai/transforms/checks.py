@@ -24,7 +24,7 @@ from monai.utils import ImageMetaKey
 
 from medxai.errors import InputError
 
-__all__ = ["case_name", "CheckVolume", "CheckVolumed"]
+__all__ = ["case_name", "CheckVolume", "CheckVolumed", "CheckLabelMapd"]
 
 
 def case_name(img: Any, default: str = "<unnamed>") -> str:
@@ -218,4 +218,45 @@ class CheckVolumed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             self.checker(d[key], key=key)
+        return d
+
+
+class CheckLabelMapd(MapTransform):
+    """Check that label maps hold integer class indices in ``[0, num_classes)``; return the data unchanged.
+
+    A mask saved with another label convention (e.g. FreeSurfer's raw ``aseg`` codes 4, 43, ... instead of
+    1-3), with interpolated (fractional) values, or with a label the network has no output for would
+    otherwise train silently on wrong targets or fail inside the loss.
+
+    Raises
+    ------
+    InputError
+        Naming the case, the key and the offending values.
+    """
+
+    def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise InputError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            values = torch.as_tensor(label.as_tensor() if isinstance(label, MetaTensor) else label)
+            case = f"case '{case_name(label)}' (key '{key}')"
+            if values.numel() == 0:
+                raise InputError(f"{case}: empty label map of shape {tuple(values.shape)}.")
+            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                raise InputError(f"{case}: the label map holds NaN or infinite values.")
+            if values.is_floating_point() and not bool((values == values.round()).all()):
+                raise InputError(f"{case}: the label map holds fractional values, not class indices.")
+            found = torch.unique(values).tolist()
+            outside = [v for v in found if not 0 <= v < self.num_classes]
+            if outside:
+                raise InputError(
+                    f"{case}: labels {[int(v) for v in outside][:10]} are outside the class range "
+                    f"[0, {self.num_classes}); labels found: {[int(v) for v in found][:20]}."
+                )
         return d

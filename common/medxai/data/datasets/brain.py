@@ -11,6 +11,7 @@ subject**, so a patient-level split puts everything in one subset; split by ``gr
 
 from __future__ import annotations
 
+import json
 from os import PathLike
 from pathlib import Path
 
@@ -18,7 +19,12 @@ from medxai.data.datasets._records import Record, read_manifest, require_dir, re
 from medxai.data.datasets.registry import register_dataset
 from medxai.errors import DatasetError
 
-__all__ = ["brain_ventricles_bert_manifest", "brain_ventricles_carrieri_manifest", "CARRIERI_SUBJECT"]
+__all__ = [
+    "brain_ventricles_bert_manifest",
+    "brain_ventricles_carrieri_manifest",
+    "bert_thick_thin_datalist",
+    "CARRIERI_SUBJECT",
+]
 
 CARRIERI_SUBJECT = "carrieri-head-1"
 
@@ -93,3 +99,70 @@ def brain_ventricles_carrieri_manifest(root: str | PathLike, manifest: str = "ma
             }
         )
     return require_records(records, root, "Carrieri ventricle slices")
+
+
+def bert_thick_thin_datalist(
+    bert_root: str | PathLike,
+    synthetic_datalist: str | PathLike,
+    output: str | PathLike,
+    manifest: str = "manifest.csv",
+) -> Path:
+    """The thick-to-thin transfer experiment of the ventricle bundle on the FreeSurfer "bert" subject.
+
+    Seed 003 trains on labelled thick slices and unlabelled thin slices and tests on thin slices. With one
+    real subject, that becomes: ``training`` = the synthetic set's training volumes (thick labelled, thin
+    unlabelled) plus bert's 5 mm volume (labelled) and bert's 1 mm volume (unlabelled: the training configs
+    keep only its image); ``validation`` = the synthetic validation volumes; ``test`` = bert's 1 mm volume
+    (the result that matters: the labels of thin slices were never used) and bert's 5 mm volume (seen with
+    labels in training, reported for reference only).
+
+    Parameters
+    ----------
+    bert_root
+        The shared ``brain_mri_ventricles_freesurfer_bert`` folder.
+    synthetic_datalist
+        The synthetic brain demo set's ``datalist.json`` (``medxai demo-data --sets brain``).
+    output
+        Folder that receives ``datalist.json`` (absolute paths), the ``dataset_dir`` of the bundle.
+
+    Returns
+    -------
+    The datalist path.
+    """
+    records = brain_ventricles_bert_manifest(bert_root, manifest)
+    thickness = {"thin_1mm": "thin", "thick_5mm": "thick"}
+    bert = []
+    for record in records:
+        if record["resolution"] not in thickness:
+            raise DatasetError(f"bert record {record['image']}: unknown resolution folder '{record['resolution']}'.")
+        bert.append({"image": record["image"], "label": record["label"], "thickness": thickness[record["resolution"]],
+                     "patient_id": record["patient_id"], "slice_thickness_mm": record["spacing_mm"][2]})  # fmt: skip
+    if sorted(r["thickness"] for r in bert) != ["thick", "thin"]:
+        raise DatasetError(f"bert manifest {Path(bert_root) / manifest} must list one thin and one thick volume.")
+    source = require_file(Path(synthetic_datalist), "synthetic datalist")
+    try:
+        synthetic = json.loads(source.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"synthetic datalist {source} is not valid JSON: {err}") from err
+
+    def absolute(split: str) -> list[Record]:
+        if split not in synthetic:
+            raise DatasetError(f"synthetic datalist {source} has no '{split}' list.")
+        return [{**r, "image": str(source.parent / r["image"]), "label": str(source.parent / r["label"])}
+                for r in synthetic[split]]  # fmt: skip
+
+    content = {
+        "training": absolute("training") + bert,
+        "validation": absolute("validation"),
+        "test": sorted(bert, key=lambda r: r["thickness"] != "thin"),
+        "metadata": {
+            "description": "bert thick-to-thin transfer: synthetic + bert training, synthetic validation, bert test",
+            "bert_root": str(Path(bert_root).resolve()),
+            "synthetic_datalist": str(source.resolve()),
+        },
+    }
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "datalist.json"
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return path
