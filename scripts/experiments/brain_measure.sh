@@ -47,7 +47,8 @@ run() {  # name, overlay files...
   python -m monai.bundle run --config_file "[${configs/demo.json\'/evaluate.json\'},'$folder/configs/demo.json']" \
     --bundle_root "$folder" "${dataset[@]}" > "$folder/evaluate.log" 2>&1 || { tail -40 "$folder/evaluate.log"; exit 1; }
   mkdir -p "$results/$name"
-  cp "$folder/eval"/{metrics.json,dice_table.json,slice_dice.csv,dice_by_group.png,latent_space.png,latent_space.csv} "$results/$name/"
+  cp "$folder/eval"/{metrics.json,dice_table.json,slice_dice.csv,dice_by_group.png,latent_space.csv} "$results/$name/"
+  [ "$name" = ours ] && cp "$folder/eval/latent_space.png" "$results/$name/"  # the figure of the method only
   printf '{"run": "%s", "overlays": "%s", "iterations": %d, "train_s": %d, "wall_s": %d, "date": "%s", "machine": "%s, %s CPU cores, no GPU", "commit": "%s", "omp_threads": "%s"}\n' \
     "$name" "$*" "$iterations" "$train_s" $(( $(date +%s) - start )) "$(date -u +%FT%TZ)" "$(uname -m)" "$(nproc)" \
     "$(git rev-parse --short HEAD)" "${OMP_NUM_THREADS:-unset}" > "$results/$name/run.json"
