@@ -132,29 +132,28 @@ class ThickThinTrainer(SupervisedTrainer):
             raise InputError("ThickThinTrainer: a thick (labelled) batch has no 'label'.")
         self.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         self.network.train()
-        use_thick, use_thin = self.supervised_weight > 0, self.unlabeled_weight > 0
-        thin = self._next_unlabeled() if use_thin else None
+        use_thick = self.supervised_weight > 0
+        thin = self._next_unlabeled() if self.unlabeled_weight > 0 else None
 
         self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
-        pred = self._forward(inputs)
-        self.state.output[Keys.PRED] = pred
-        self.fire_event(IterationEvents.FORWARD_COMPLETED)
-        supervised = self.loss_function(pred, targets).mean()
-        self.fire_event(IterationEvents.LOSS_COMPLETED)
-        total = self.supervised_weight * supervised
-        if use_thick and (self.alternate or not use_thin):
-            self._step(total)
-            total = total.detach()
-            if thin is not None:
-                self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
-        elif not use_thick:
-            total = total.detach()  # L_S is computed for the log only
+        with torch.set_grad_enabled(use_thick):  # without L_S the thick batch is only logged
+            pred = self._forward(inputs)
+            self.state.output[Keys.PRED] = pred
+            self.fire_event(IterationEvents.FORWARD_COMPLETED)
+            supervised = self.loss_function(pred, targets).mean()
+            self.fire_event(IterationEvents.LOSS_COMPLETED)
+        weighted_supervised = self.supervised_weight * supervised
+        pending = weighted_supervised if use_thick else None  # what the next optimiser step still has to take
+        if pending is not None and (self.alternate or thin is None):
+            self._step(pending)
+            self.optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+            pending = None
         unsupervised = torch.zeros((), device=supervised.device)
         if thin is not None:
             unsupervised = self.unlabeled_loss_function(self._forward(thin)).mean()
             weighted = self.unlabeled_weight * unsupervised
-            self._step(weighted if self.alternate or not use_thick else total + weighted)
-            total = total.detach() + weighted.detach()
+            self._step(weighted if pending is None else pending + weighted)
+        total = weighted_supervised.detach() + self.unlabeled_weight * unsupervised.detach()
         self.state.output[Keys.LOSS] = total.detach()
         self.state.output["loss_supervised"] = supervised.detach()
         self.state.output["loss_unsupervised"] = unsupervised.detach()
