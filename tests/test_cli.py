@@ -88,3 +88,35 @@ def test_demo_headline_prints_the_figures_a_bundle_reports():
     four_class = {"n_cases": 48, "class_names": ["a", "b", "c", "d"], "accuracy": 0.7917, "auc": 0.986,
                   "macro": {"f1": 0.7911}}
     assert headline(four_class) == "held-out 48 cases: accuracy 0.792, auc 0.986, macro_f1 0.791"
+
+
+def test_report_command_writes_a_self_contained_page_per_case(tmp_path, monkeypatch, capsys):
+    import base64
+
+    from PIL import Image
+
+    out, evaluation = tmp_path / "explain", tmp_path / "eval"
+    for case, probability in (("ct_0001", 0.25), ("ct_0002", 0.875)):
+        (out / case).mkdir(parents=True)
+        summary = {"case": case, "probabilities": {"non-COVID-19": 1 - probability, "COVID-19": probability},
+                   "predicted_class": "COVID-19" if probability >= 0.5 else "non-COVID-19",
+                   "sentence": f"COVID-19 (probability {probability:.2f}).", "boxes": []}  # fmt: skip
+        (out / case / f"{case}_summary.json").write_text(json.dumps(summary))
+        Image.new("RGB", (12, 7), (255, 0, 0)).save(out / case / f"{case}_overlay.png")
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({"n_cases": 2, "auc": 0.75}))
+    from medxai.cli import main
+
+    # the console script's argument parsing (fire), in this process
+    argv = ["medxai", "report", "--output_dir", str(out), "--eval_dir", str(evaluation), "--title", "CT <demo>"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    assert f"wrote {out / 'report' / 'index.html'} and 2 case pages" in capsys.readouterr().out
+    index = (out / "report" / "index.html").read_text()
+    assert "<title>CT &lt;demo&gt;</title>" in index and 'href="ct_0002.html"' in index
+    assert '<tr data-key="auc"><th>auc</th><td class="num" data-value="0.75">0.75</td></tr>' in index
+    page = (out / "report" / "ct_0002.html").read_text()
+    png = base64.b64encode((out / "ct_0002" / "ct_0002_overlay.png").read_bytes()).decode()
+    assert f'src="data:image/png;base64,{png}" width="12" height="7"' in page
+    assert 'data-value="0.875">0.875</td>' in page and "COVID-19 (probability 0.88)." in page
+    assert "No boxes" in page and "http" not in page

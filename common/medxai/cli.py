@@ -8,6 +8,8 @@ Examples::
     medxai demo-data --sets ct --output_dir /tmp/demo
     medxai datasets                        # the public datasets a datalist can be built for
     medxai datalist covid_ct_ucsd /data/COVID-CT --split kfold --n_folds 5
+    medxai report --output_dir bundles/covid19_ct_mil_classification/eval/explain \
+        --eval_dir bundles/covid19_ct_mil_classification/eval
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import fire
 from medxai.data.demo import DEMO_SETS, ensure_demo_dataset, summarize_datalist
 from medxai.errors import InputError
 
-__all__ = ["demo", "demo_data", "datalist", "datasets", "bundle_command", "headline", "main"]
+__all__ = ["demo", "demo_data", "datalist", "datasets", "report", "bundle_command", "headline", "main"]
 
 #: demo step -> (``monai.bundle run`` id, config files merged in order; ``demo.json`` comes last)
 DEMO_STEPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -218,9 +220,39 @@ def cv(
     print(json.dumps({k: v["mean"] for k, v in summary["metrics"].items()}))
 
 
+def report(
+    output_dir: str,
+    eval_dir: str | None = None,
+    report_dir: str | None = None,
+    title: str = "Explanation report",
+) -> None:
+    """Write a self-contained HTML report of a bundle run: ``index.html`` (cohort) and one page per case.
+
+    Built from the files the run wrote (:func:`medxai.reports.write_report`): per case the PNG overlays of
+    every explainer (embedded), the probabilities, the boxes and the sentence; for the cohort the metrics and
+    curves of ``eval_dir`` and a table of the cases linking to their pages.
+
+    Parameters
+    ----------
+    output_dir
+        The explain (or inference) output folder, e.g. ``<bundle>/eval/explain``.
+    eval_dir
+        The evaluation output folder (``metrics.json``, ROC/PR/confusion or Dice plots), e.g. ``<bundle>/eval``.
+    report_dir
+        Where the pages go (default ``<output_dir>/report``).
+    title
+        Page title.
+    """
+    from medxai.reports import write_report
+
+    index = write_report(output_dir, eval_dir=eval_dir, report_dir=report_dir, title=str(title))
+    print(f"wrote {index} and {len(list(index.parent.glob('*.html'))) - 1} case pages")
+
+
 def main() -> None:
     """Entry point of the ``medxai`` console script."""
-    fire.Fire({"demo": demo, "demo-data": demo_data, "datalist": datalist, "datasets": datasets, "cv": cv})
+    fire.Fire({"demo": demo, "demo-data": demo_data, "datalist": datalist, "datasets": datasets, "cv": cv,
+               "report": report})
 
 
 if __name__ == "__main__":

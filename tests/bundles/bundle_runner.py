@@ -157,3 +157,16 @@ def copy_bundle_for_demo(name: str, root: Path, demo_overrides: dict[str, Any]) 
     demo_json = bundle / "configs" / "demo.json"
     demo_json.write_text(json.dumps({**json.loads(demo_json.read_text()), **demo_overrides}))
     return bundles
+
+
+def assert_report_links_every_case(explain_dir: Path, cases: Sequence[str]) -> None:
+    """The explain run's HTML report (``<explain_dir>/report``) has a page for each case and links it from
+    ``index.html``, and no page loads anything from outside the file."""
+    report = explain_dir / "report"
+    index = (report / "index.html").read_text()
+    assert cases, "no cases to look for in the report"
+    for case in cases:
+        page = report / f"{case}.html"
+        assert page.is_file(), page
+        assert f'href="{case}.html"' in index, case
+        assert "http://" not in page.read_text() and "https://" not in page.read_text(), page

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy
+from bundle_runner import BundleCopy, REPO, assert_report_links_every_case, copy_bundle, predicted_cases, trained_copy
 from monai.bundle import ConfigParser
 
 from medxai.explain.latent_space import load_latent_landscape
@@ -160,6 +160,7 @@ def test_explain_adds_the_expected_dice_of_each_slice(trained_bundle):
     out = trained_bundle.bundle / "eval" / "explain"
     summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*/*_summary.json"))]
     assert len(summaries) == 4
+    assert_report_links_every_case(out, [p.parent.name for p in sorted(out.glob("*/*_summary.json"))])
     found = [s for s in summaries if s["expected_dice"]]
     assert found, "no case with predicted ventricles to explain"
     for summary in found:

@@ -3,11 +3,12 @@ latent-space landscape ranks slices by how well they are segmented.
 
 ``medxai demo --bundle brain_ventricle_segmentation`` runs ``train.json`` + ``demo.json`` (synthetic heads, 8
 training subjects: thick volumes labelled, thin volumes unlabelled; 2000 iterations; docs/README.md reports the
-measured figures). This test runs the same command on a copy whose ``demo.json`` stops after 1000 iterations, and
+measured figures). This test runs the same command on a copy whose ``demo.json`` stops after 600 iterations, and
 asserts on the 2 held-out subjects (their thick and thin volumes): slice Dice of the ventricles at least 0.45 on
 both thicknesses (predicting every pixel as ventricle scores below 0.1, predicting none scores 0), and a latent
 landscape whose expected Dice follows the measured one: Spearman >= 0.6 over the evaluated slices, and on slices
-left out of the fit (5-fold) a mean absolute error below that of predicting the mean Dice.
+left out of the fit (5-fold) a mean absolute error below that of predicting the mean Dice. Measured with one
+thread (2026-12-06): Dice 0.544 thick / 0.545 thin, Spearman 0.94, held-out error 0.085 against 0.373.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from scipy.stats import spearmanr
 from medxai.cli import demo
 
 BUNDLE = REPO / "bundles" / "brain_ventricle_segmentation"
-SHORTER = {"num_iterations": 1000, "val_interval": 125}
+SHORTER = {"num_iterations": 600, "val_interval": 25}  # 150 epochs of 4 iterations
 
 
 @pytest.mark.timeout(600)

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, trained_copy
+from bundle_runner import BundleCopy, REPO, assert_report_links_every_case, copy_bundle, trained_copy
 from PIL import Image
 
 BUNDLE = REPO / "bundles" / "covid19_ct_mil_classification"
@@ -108,6 +108,7 @@ def test_explain_writes_lime_shap_and_embeddings(trained_bundle):
     out = trained_bundle.bundle / "eval" / "explain"
     superpixel_files = list(out.glob("*/*_superpixels.json"))
     assert superpixel_files
+    assert_report_links_every_case(out, [p.parent.name for p in sorted(out.glob("*/*_summary.json"))])
     content = json.loads(superpixel_files[0].read_text())
     text = json.dumps(content)
     assert "lime" in text and "kernel_shap" in text

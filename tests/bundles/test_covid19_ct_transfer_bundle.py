@@ -16,7 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
+from bundle_runner import (
+    BundleCopy,
+    REPO,
+    assert_report_links_every_case,
+    copy_bundle,
+    predicted_cases,
+    trained_copy,
+    write_bad_images,
+)
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -166,6 +174,7 @@ def test_train_evaluate_infer_explain(trained_bundle):
     assert (out / stem / f"{stem}_overlay.png").is_file()
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == len(test_records)
+    assert_report_links_every_case(out, [p.parent.name for p in sorted(out.glob("*/*_summary.json"))])
     comparison = json.loads((out / "explanation_comparison.json").read_text())
     assert comparison["methods"]["gradcam"]["energy_in_lesion"]["n"] == sum(r["label"] for r in test_records)
     embedding = list(csv.DictReader((out / "embedding" / "embedding_pca.csv").open()))

@@ -18,7 +18,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
+from bundle_runner import (
+    BundleCopy,
+    REPO,
+    assert_report_links_every_case,
+    copy_bundle,
+    predicted_cases,
+    trained_copy,
+    write_bad_images,
+)
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -202,6 +210,7 @@ def test_explain_writes_three_maps_per_case_and_compares_their_localisation(trai
             assert f"{label} " in summary["sentence"] or f"{label}," in summary["sentence"]
             assert "(probability " in summary["sentence"]  # LRP too: the score written is the probability
             assert (out / method / name / f"{name}_map.nii.gz").is_file()
+    assert_report_links_every_case(out, [Path(case["image"]).stem for case in test])
     result = json.loads((out / "explanation_comparison.json").read_text())
     covid = [c for c in test if c["label3"] == 2]
     assert result["n_cases"] == len(covid) > 0 and set(result["methods"]) == {"gradcam", "gradcampp", "lrp"}

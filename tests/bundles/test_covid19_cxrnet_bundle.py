@@ -16,7 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
+from bundle_runner import (
+    BundleCopy,
+    REPO,
+    assert_report_links_every_case,
+    copy_bundle,
+    predicted_cases,
+    trained_copy,
+    write_bad_images,
+)
 from PIL import Image
 
 from medxai.networks import CXRNet
@@ -130,6 +138,7 @@ def test_explain_compares_cxrnet_gradcam_and_saliency_by_aoppc_on_covid_cases(tr
     covid = [c for c in _split(trained_bundle, "test") if c["label"] == 3]
     assert result["n_cases"] == len(covid) > 0 and result["target_class"] == "covid19"
     assert set(result["methods"]) == {"cxrnet", "gradcam", "saliency"}
+    assert_report_links_every_case(out, [p.parent.name for p in sorted(out.glob("*/*_summary.json"))])
     assert result["x"] == pytest.approx([0.0] + [k / 10 for k in range(1, 11)])
     with open(out / "explanation_comparison.csv") as f:
         rows = list(csv.DictReader(f))

@@ -15,7 +15,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import REPO, BundleCopy, copy_bundle, predicted_cases, trained_copy, write_bad_images
+from bundle_runner import (
+    BundleCopy,
+    REPO,
+    assert_report_links_every_case,
+    copy_bundle,
+    predicted_cases,
+    trained_copy,
+    write_bad_images,
+)
 from monai.networks.nets import UNet
 from PIL import Image
 
@@ -117,6 +125,7 @@ def test_explain_writes_gradcam_maps_of_the_lung_class(trained_bundle):
     out = trained_bundle.bundle / "eval" / "explain"
     maps = sorted(out.glob("*/*_gradcam_lung.nii.gz"))
     assert 1 <= len(maps) == len(list(out.glob("*/*_gradcam_lung.png")))
+    assert_report_links_every_case(out, [p.parent.name for p in maps])
     for path in maps:
         values = nib.load(str(path)).get_fdata()
         assert values.shape[:2] == (64, 64) and values.min() >= 0.0 and np.isfinite(values).all()

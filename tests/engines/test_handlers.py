@@ -250,7 +250,16 @@ def test_classification_report_handler_batch_dicts_multiclass_and_pseudonyms(tmp
 
 
 def test_case_names_and_missing_keys():
-    assert case_name_of({"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/a/b/series_7/"})}) == "series_7"
+    from medxai.data.privacy import pseudonym
+
+    # a DICOM series folder is named by the pseudonym of its whole path (folders are often patient names), as
+    # the case writers name it, so every output of a case lands in one folder; a NIfTI file by its stem
+    series = {"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": "/a/b/Doe_Jane/"})}
+    assert case_name_of(series) == pseudonym("/a/b/Doe_Jane") and "Doe" not in case_name_of(series)
+    assert case_name_of({"image_meta_dict": {"filename_or_obj": "/a/ct_0003.nii.gz"}}) == "ct_0003"
+    assert case_name_of({"image_meta_dict": {"filename_or_obj": "/a/ct_0003.nii.gz"}}, pseudonymize=True) == pseudonym(
+        "ct_0003"
+    )
     assert case_name_of({"image": torch.zeros(1)}) is None
     engine = Engine(lambda engine, batch: [{"prediction": torch.tensor([0.3])}])
     ClassificationReportHandler("unused").attach(engine)

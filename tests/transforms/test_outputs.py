@@ -433,3 +433,23 @@ def test_inference_workflow_writes_outputs_in_the_input_geometry_and_a_table(pha
         assert row["predicted_class"] == ("COVID-19" if item["patient_probs"][1] > item["patient_probs"][0]
                                           else "non-COVID-19")
         assert row["sentence"] == item["summary"]["sentence"]
+
+
+def test_predicted_class_is_decided_as_evaluation_decides_it(phantom, tmp_path):
+    """Section integration gives each class its own probability (they need not sum to 1): with (0.80, 0.60)
+    the argmax would say non-COVID-19 while the evaluation's 0.5 threshold on COVID-19 says COVID-19; the
+    summary, the CSV row and the metrics must all say the same."""
+    from medxai.metrics.classification import predicted_classes
+
+    cams = torch.zeros((2, *SHAPE))
+    cams[1][_left_lower_box(phantom)] = 1.0
+    data = _case_data(phantom, cams)
+    data["patient_probs"] = torch.tensor([0.80, 0.60])
+    summary = WriteCaseOutputsd(tmp_path / "default")(dict(data))["summary"]
+    assert summary["predicted_class"] == "COVID-19" and summary["predicted_index"] == 1
+    assert predicted_classes(np.array([[0.80, 0.60]]), 0.5, None, 1).tolist() == [1]
+    assert summary["sentence"].startswith("COVID-19 (probability 0.60).")
+    stricter = WriteCaseOutputsd(tmp_path / "strict", decision_threshold=0.7)(dict(data))["summary"]
+    assert stricter["predicted_class"] == "non-COVID-19" and stricter["predicted_index"] == 0
+    with pytest.raises(InputError, match="decision_threshold must be in"):
+        WriteCaseOutputsd(tmp_path, decision_threshold=1.5)

@@ -1,9 +1,11 @@
 """Ignite handlers and engines for MONAI workflows: explanation overlays and learning rate in TensorBoard,
 patient-level classification reports at every evaluation, the thick/thin trainer and the slice-Dice and
-latent-space handlers of the ventricle segmentation."""
+latent-space handlers of the ventricle segmentation, the GPU-only ``amp``/channels-last switches, and the
+choice of handlers per rank under ``torchrun``."""
 
 from __future__ import annotations
 
+from medxai.engines.distributed import RANK_ZERO_ONLY, handlers_for_rank
 from medxai.engines.handlers import (
     ClassificationReportHandler,
     ExplanationImageHandler,
@@ -13,6 +15,7 @@ from medxai.engines.handlers import (
     explainer_maps,
     output_maps,
 )
+from medxai.engines.precision import amp_enabled, network_to, on_cuda
 from medxai.engines.segmentation import LatentSpaceHandler, SliceDiceHandler
 from medxai.engines.snapshots import (
     SnapshotSelector,
@@ -40,4 +43,9 @@ __all__ = [
     "cycle_length",
     "list_snapshots",
     "weightwatcher_alpha",
+    "amp_enabled",
+    "network_to",
+    "on_cuda",
+    "handlers_for_rank",
+    "RANK_ZERO_ONLY",
 ]

@@ -37,7 +37,6 @@ from monai.data import decollate_batch
 from monai.handlers.tensorboard_handlers import TensorBoardHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
-from medxai.data.privacy import pseudonym
 from medxai.errors import InputError
 from medxai.explain.writers import render_overlay, top_slices
 from medxai.metrics.classification import (
@@ -68,8 +67,6 @@ __all__ = [
 #: ``map_fn(engine) -> (images (B, C, *spatial), maps (B, 1, *spatial))``
 MapFn = Callable[[Engine], tuple[torch.Tensor, torch.Tensor]]
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
-
 
 def _plain(value: Any) -> Any:
     """A MetaTensor as a plain tensor (other values unchanged)."""
@@ -90,13 +87,30 @@ def _as_items(data: Any, name: str) -> list[Mapping[str, Any]]:
     )
 
 
-def output_maps(image_key: str = "image", map_key: str = "cam") -> MapFn:
+def output_maps(
+    image_key: str = "image", map_key: str = "cam", channels: int | Sequence[int] | None = None
+) -> MapFn:
     """A ``map_fn`` that reads images and maps already computed by the workflow from
-    ``engine.state.output`` (e.g. the EDM activation map the network returns beside ``pred``).
+    ``engine.state.output`` (e.g. the EDM activation map the network returns beside ``pred``, or a
+    segmentation's ``pred`` with ``channels`` set to its foreground classes).
 
     Works on MONAI's decollated list of dicts and on a batch-first dict; returns (B, C, *spatial) images and
-    (B, 1, *spatial) maps.
+    (B, 1, *spatial) maps: ``output[map_key]`` itself when ``channels`` is ``None``, else the sum of its
+    channels ``channels`` (e.g. ``[1, 2, 3]`` of a one-hot prediction (B, 4, *spatial): the foreground mask).
     """
+    selected = None if channels is None else [int(c) for c in ([channels] if isinstance(channels, int) else channels)]
+    if selected is not None and not selected:
+        raise InputError("output_maps: channels is empty; give at least one channel or None.")
+
+    def _select(maps: torch.Tensor) -> torch.Tensor:
+        if selected is None:
+            return maps
+        bad = [c for c in selected if maps.ndim < 2 or not -maps.shape[1] <= c < maps.shape[1]]
+        if bad:
+            raise InputError(
+                f"output_maps: channel(s) {bad} are not channels of '{map_key}' with shape {tuple(maps.shape)}."
+            )
+        return maps[:, selected].sum(dim=1, keepdim=True)
 
     def _read(engine: Engine) -> tuple[torch.Tensor, torch.Tensor]:
         output = engine.state.output
@@ -104,7 +118,7 @@ def output_maps(image_key: str = "image", map_key: str = "cam") -> MapFn:
             missing = [key for key in (image_key, map_key) if key not in output]
             if missing:
                 raise InputError(f"engine.state.output has no key(s) {missing}; it has {sorted(map(str, output))}.")
-            return _plain(output[image_key]), _plain(output[map_key])
+            return _plain(output[image_key]), _select(_plain(output[map_key]))
         items = _as_items(output, "output")
         for index, item in enumerate(items):
             missing = [key for key in (image_key, map_key) if key not in item]
@@ -114,7 +128,7 @@ def output_maps(image_key: str = "image", map_key: str = "cam") -> MapFn:
                 )
         images = torch.stack([_plain(item[image_key]) for item in items])
         maps = torch.stack([_plain(item[map_key]) for item in items])
-        return images, maps
+        return images, _select(maps)
 
     return _read
 
@@ -277,9 +291,10 @@ def class_indices_from_engine(pred_key: str = "pred", label_key: str = "label") 
 
 
 def case_name_of(item: Mapping[str, Any], image_key: str = "image", pseudonymize: bool = False) -> str | None:
-    """The case name of one decollated sample: the file (or series folder) name, without folder and image
-    extension, of ``item[image_key]``'s MetaTensor ``filename_or_obj`` or of ``item["<image_key>_meta_dict"]``;
-    ``None`` when neither is there. With ``pseudonymize``, :func:`medxai.data.privacy.pseudonym` of it."""
+    """The case name of one decollated sample, named as the case writers name it
+    (:func:`medxai.transforms.outputs.output_case_name`: a file's stem, a pseudonym for a DICOM series or an
+    unsafe name) from ``item[image_key]``'s MetaTensor ``filename_or_obj`` or ``item["<image_key>_meta_dict"]``;
+    ``None`` when neither is there. With ``pseudonymize``, every name is a pseudonym."""
     source = None
     image = item.get(image_key)
     meta = getattr(image, "meta", None)
@@ -292,12 +307,9 @@ def case_name_of(item: Mapping[str, Any], image_key: str = "image", pseudonymize
         source = source[0] if len(source) == 1 else None
     if not source or not isinstance(source, (str, Path)):
         return None
-    name = Path(str(source).rstrip("/\\")).name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    return pseudonym(name) if pseudonymize else name
+    from medxai.transforms.outputs import output_case_name  # the case writers' naming: outputs share folders
+
+    return output_case_name(source, pseudonymize)
 
 
 class ClassificationReportHandler:

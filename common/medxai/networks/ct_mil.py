@@ -31,6 +31,7 @@ from medxai.networks.backbones import create_backbone
 from medxai.networks.edm import EDMHead
 from medxai.networks.ncm import NoiseTransitionHead
 from medxai.networks.sim import INTEGRATION_MODES, SliceIntegration
+from medxai.networks.wrappers import plain_tensor
 
 __all__ = ["POOLING_MODES", "CTMILNet"]
 
@@ -60,6 +61,9 @@ class CTMILNet(nn.Module):
         trunk is bounded by the chunk in inference; in training autograd keeps every chunk's activations,
         so memory grows linearly with ``D``. Chunked and unchunked forward agree in ``eval`` mode; in
         ``train`` mode BatchNorm normalises each chunk by its own statistics, as with any mini-batch.
+        Under ``torch.export`` (the ONNX exporter of ``torch.onnx.export``) the trunk runs once on all
+        slices: the number of chunks depends on the batch size, which an export with a dynamic batch axis
+        leaves symbolic, and a traced loop would be fixed to the export input's chunk count.
     pretrained, pretrained_path
         ImageNet weights (opt-in) or a local state dict for the trunk, see
         :func:`~medxai.networks.backbones.create_backbone`.
@@ -138,11 +142,14 @@ class CTMILNet(nn.Module):
 
     def _slices_forward(self, slices: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Trunk + heads on slices (N, C_in, H, W) in chunks; values concatenated over N."""
-        n = slices.shape[0]
-        chunk = self.slice_chunk_size if self.slice_chunk_size > 0 else n
+        chunk = self.slice_chunk_size
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_exporting():
+                chunk = 0  # one trunk call: a chunk loop would be traced for the export input's batch size
+        pieces = slices.split(chunk) if 0 < chunk < slices.shape[0] else [slices]
         maps, scores, features, transitions = [], [], [], []
-        for start in range(0, n, chunk):
-            feature_maps = self.trunk(slices[start : start + chunk])
+        for piece in pieces:
+            feature_maps = self.trunk(piece)
             chunk_maps, chunk_scores = self.edm(feature_maps)
             maps.append(chunk_maps)
             scores.append(chunk_scores)
@@ -162,7 +169,7 @@ class CTMILNet(nn.Module):
         # A collated batch of MONAI MetaTensors cannot be reshaped across samples (per-sample metadata):
         # the network only needs the values. (TorchScript has no MetaTensor: the branch is skipped there.)
         if not torch.jit.is_scripting():
-            x = x.as_subclass(torch.Tensor)
+            x = plain_tensor(x)
         b, c, h, w, d = x.shape
         slices = x.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
         per_slice = self._slices_forward(slices)

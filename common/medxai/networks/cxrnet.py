@@ -47,6 +47,7 @@ from medxai.networks.subpixel import (
     check_image_input,
     split_trunk_stages,
 )
+from medxai.networks.wrappers import plain_tensor
 
 __all__ = ["CXRNet", "CXRDecoderBlock", "split_trunk_stages"]
 
@@ -205,7 +206,7 @@ class CXRNet(nn.Module):
         """Both encoders' logits and the reconstruction (see the class docstring) for images (B, C_in, H, W)."""
         self._check_input(x)
         if not torch.jit.is_scripting():
-            x = x.as_subclass(torch.Tensor)  # MONAI MetaTensor batches: the network needs only the values
+            x = plain_tensor(x)  # MONAI MetaTensor batches: the network needs only the values
         features = self.encode(x)
         reconstruction = self.decode(features, x)
         if self.training and not torch.jit.is_scripting():
@@ -231,5 +232,5 @@ class CXRNet(nn.Module):
             return self.forward_details(x)
         self._check_input(x)
         if not torch.jit.is_scripting():
-            x = x.as_subclass(torch.Tensor)
+            x = plain_tensor(x)
         return self.classify(self.encode(x)[-1], False)

@@ -34,6 +34,7 @@ from monai.networks.blocks import Convolution, SubpixelUpsample
 
 from medxai.errors import InputError
 from medxai.networks.backbones import SmallResNetTrunk, TinyTrunk, create_backbone
+from medxai.networks.wrappers import plain_tensor
 
 __all__ = [
     "DEFAULT_DECODER_CHANNELS",
@@ -452,5 +453,5 @@ class SubpixelUNet(nn.Module):
         """Segmentation logits (B, out_channels, H, W) for images (B, in_channels, H, W)."""
         check_image_input(x, self.in_channels, self.size_divisor, "SubpixelUNet")
         if not torch.jit.is_scripting():
-            x = x.as_subclass(torch.Tensor)  # MONAI MetaTensor batches: the network needs only the values
+            x = plain_tensor(x)  # MONAI MetaTensor batches: the network needs only the values
         return self.head(self.decoder(self.encode(x), x))

@@ -1,13 +1,33 @@
-"""Small adapters that let MONAI networks with list outputs serve in standard bundle workflows."""
+"""Small adapters that let networks serve in standard bundle workflows: list outputs, MetaTensor inputs."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from monai.data import MetaTensor
 
 from medxai.errors import InputError
 
-__all__ = ["FirstOutput"]
+__all__ = ["FirstOutput", "plain_tensor"]
+
+
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """The values of ``x`` as a plain ``torch.Tensor``: a MONAI :class:`~monai.data.MetaTensor` loses its
+    metadata (a collated batch of MetaTensors cannot be reshaped across samples); anything else is returned
+    unchanged.
+
+    Only a MetaTensor is converted: ``as_subclass`` on the fake tensor that ``torch.export`` (the ONNX
+    exporter of ``torch.onnx.export(dynamo=True)``) traces with gives an untraceable constant and the export
+    fails ("found a fake tensor in the exported program constant's list"). Call it outside TorchScript
+    (``if not torch.jit.is_scripting():``), which has no MetaTensor.
+
+    Shapes
+    ------
+    Any shape; returned unchanged.
+    """
+    if isinstance(x, MetaTensor):
+        return x.as_tensor()
+    return x
 
 
 class FirstOutput(nn.Module):

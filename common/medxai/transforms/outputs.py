@@ -54,6 +54,7 @@ from medxai.explain.writers import (
     save_overlay_png,
     top_slices,
 )
+from medxai.metrics.classification import predicted_classes
 from medxai.transforms.checks import case_name as volume_case_name
 
 __all__ = [
@@ -431,6 +432,12 @@ class WriteCaseOutputsd(CaseOutputWriter):
         One name per class, in the network's output order.
     positive_class
         Index of the class whose map gives the boxes, overlay and sentence (COVID-19).
+    decision_threshold
+        The predicted class is decided as evaluation decides it
+        (:func:`medxai.metrics.classification.predicted_classes`): with two classes, ``positive_class`` when its
+        probability is ``>= decision_threshold`` (the section-integrated probabilities of the two classes are
+        separate numbers that need not sum to 1, so their argmax can disagree with the reported metrics); with
+        more classes, the argmax.
     method
         Explainer name for the sentence (``"edm"``: "the EDM activation map").
     top_slices
@@ -477,10 +484,14 @@ class WriteCaseOutputsd(CaseOutputWriter):
         case_name_fn: Callable[[Mapping[Hashable, Any]], str] | None = None,
         pseudonymize: bool = False,
         summary_key: str = "summary",
+        decision_threshold: float = 0.5,
     ) -> None:
         self.class_names = tuple(str(c) for c in class_names)
         if len(self.class_names) < 1 or len(set(self.class_names)) != len(self.class_names):
             raise InputError(f"WriteCaseOutputsd: class_names must be distinct and non-empty, got {list(class_names)}.")
+        if not 0.0 <= float(decision_threshold) <= 1.0:
+            raise InputError(f"WriteCaseOutputsd: decision_threshold must be in [0, 1], got {decision_threshold}.")
+        self.decision_threshold = float(decision_threshold)
         if not 0 <= int(positive_class) < len(self.class_names):
             raise InputError(
                 f"WriteCaseOutputsd: positive_class {positive_class} is outside [0, {len(self.class_names)})."
@@ -571,7 +582,7 @@ class WriteCaseOutputsd(CaseOutputWriter):
         text = describe(
             focus, lung_mask, positive_name, float(probs[self.positive_class]), self.method, mask_kwargs={"affine": affine}
         )
-        predicted = int(np.argmax(probs))
+        predicted = int(predicted_classes(probs[None], self.decision_threshold, names, self.positive_class)[0])
 
         box_record = {
             "case": case,
