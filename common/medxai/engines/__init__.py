@@ -16,6 +16,7 @@ from medxai.engines.handlers import (
     output_maps,
 )
 from medxai.engines.precision import amp_enabled, network_to, on_cuda
+from medxai.engines.resume import BestMetricState, KeyMetricState, ResumableTraining, RngStates
 from medxai.engines.segmentation import LatentSpaceHandler, SliceDiceHandler
 from medxai.engines.snapshots import (
     SnapshotSelector,
@@ -48,4 +49,8 @@ __all__ = [
     "on_cuda",
     "handlers_for_rank",
     "RANK_ZERO_ONLY",
+    "ResumableTraining",
+    "RngStates",
+    "KeyMetricState",
+    "BestMetricState",
 ]

@@ -47,6 +47,7 @@ from ignite.engine import Engine, Events
 
 from medxai.engines.inferers import unwrap_network
 from medxai.errors import InputError
+from medxai.serialization import weights_load_reason
 
 __all__ = [
     "snapshot_epoch",
@@ -438,7 +439,7 @@ class SnapshotSelector:
         try:
             state = torch.load(path, map_location=_device_of(target), weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise InputError(f"cannot read snapshot {str(path)!r}: {type(error).__name__}: {error}") from error
+            raise InputError(f"cannot read snapshot {str(path)!r}: {weights_load_reason(error)}") from error
         if not isinstance(state, Mapping):
             raise InputError(f"snapshot {str(path)!r} holds a {type(state).__name__}, not a state dict.")
         state = _matching_state_dict(state, target)

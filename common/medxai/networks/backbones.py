@@ -33,6 +33,7 @@ Inception v3 ``transform_input`` is not part of the trunk).
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 
 from medxai.errors import InputError
+from medxai.serialization import load_weights, weights_load_reason
 
 __all__ = [
     "BackboneSpec",
@@ -161,13 +163,21 @@ def _named_sequential(
 
 
 def _torchvision_state_dict(arch: str) -> Callable[[], Mapping[str, torch.Tensor]]:
-    """ImageNet state dict of torchvision's ``arch`` with its ``DEFAULT`` weights, loaded the way torchvision
-    loads them (hash check, legacy-key fixes), from the torch hub cache or downloaded when absent."""
+    """ImageNet state dict of torchvision's ``arch`` with its ``DEFAULT`` weights, from the torch hub cache or
+    downloaded (hash-checked) when absent; legacy keys are fixed by the spec's ``fix_keys``.
+
+    The file is read with ``weights_only=True``: torchvision's own builders (``tvm.get_model(arch, weights=...)``)
+    read it through ``torch.hub.load_state_dict_from_url``, whose default ``weights_only=False`` unpickles
+    whatever sits in the cache (tested in ``tests/security/test_untrusted_checkpoints.py``)."""
 
     def load() -> Mapping[str, torch.Tensor]:
         weights = tvm.get_model_weights(arch).DEFAULT
         logger.info("backbone %s: torchvision weights %s (torch hub cache, downloaded if absent).", arch, weights)
-        return tvm.get_model(arch, weights=weights).state_dict()
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        except pickle.UnpicklingError as error:
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url.split("?")[0]).name
+            raise InputError(f"backbone weights file {cached} cannot be read: {weights_load_reason(error)}") from error
 
     return load
 
@@ -546,7 +556,7 @@ def _auto_pretrained(spec: BackboneSpec, name: str, in_channels: int) -> tuple[n
         )
         return model, int(model.num_features)
     trunk, num_features = spec.build(in_channels)
-    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    state = _unwrap_state_dict(load_weights(path, what="backbone weights file"), str(path))
     load_trunk_weights(trunk, state, spec, str(path))
     logger.info("backbone %s: ImageNet weights loaded from the local cache %s (in_channels=%d).", spec.name, path,
                 in_channels)
@@ -597,7 +607,7 @@ def create_backbone(
         if not path.is_file():
             raise InputError(f"backbone '{name}': pretrained_path {path} is not a file.")
         trunk, num_features = spec.build(in_channels)
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), str(path))
+        state = _unwrap_state_dict(load_weights(path, what="backbone weights file"), str(path))
         load_trunk_weights(trunk, state, spec, str(path))
         logger.info("backbone %s: weights loaded from %s (in_channels=%d).", spec.name, path, in_channels)
         return trunk, num_features

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from medxai.errors import InputError
+from medxai.serialization import load_weights
 
 __all__ = ["ENSEMBLE_MODES", "PosteriorEnsemble", "combine_posteriors", "load_member"]
 
@@ -63,10 +64,7 @@ def load_member(network: nn.Module, checkpoint: str | Path, device: torch.device
     path = Path(checkpoint)
     if not path.is_file():
         raise InputError(f"ensemble member checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a bad input
-        raise InputError(f"ensemble member checkpoint {path} cannot be read: {error}") from error
+    state = load_weights(path, map_location=device, what="ensemble member checkpoint")
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     try:

@@ -34,6 +34,7 @@ from monai.utils import ImageMetaKey
 from medxai.data.synthetic.io import save_nifti, save_png
 from medxai.errors import InputError
 from medxai.explain.writers import check_case_name, save_map_nifti, save_overlay_png
+from medxai.serialization import weights_load_reason
 from medxai.transforms.outputs import output_case_name, read_summaries
 
 __all__ = [
@@ -95,7 +96,9 @@ def load_lung_segmentation_bundle(
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"lung segmentation bundle {root}: cannot load checkpoint {weights.name}: {exc}") from exc
+        raise InputError(
+            f"lung segmentation bundle {root}: cannot load checkpoint {weights}: {weights_load_reason(exc)}"
+        ) from exc
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     try:
