@@ -42,6 +42,8 @@ def _to_numpy(array: Any, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
         raise InputError(f"{name} must be a numeric map, got dtype {array.dtype}.")
+    if array.size == 0:
+        raise InputError(f"{name} is empty, shape {array.shape}.")
     if not np.all(np.isfinite(array)):
         raise InputError(f"{name} contains {int((~np.isfinite(array)).sum())} NaN or Inf values.")
     return array.astype(np.float64, copy=False)
@@ -85,6 +87,8 @@ def threshold_map(
         value = threshold * peak
         return values >= value, value
     if mode == "absolute":
+        if not np.isfinite(threshold):
+            raise InputError(f"an absolute threshold must be finite, got {threshold}.")
         return values >= threshold, float(threshold)
     if mode == "otsu":
         if float(values.max()) == float(values.min()):

@@ -93,6 +93,15 @@ def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return torch.where(positive, numerator / torch.where(positive, denominator, torch.ones_like(denominator)), 0.0)
 
 
+def _unit_scale(flat: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its largest absolute value, so that ``max - min`` cannot overflow (it is at most 2).
+
+    Min-max scaling is invariant to this positive factor; without it, ``3e38 - (-1e38)`` is Inf in float32
+    and the maximum became NaN.
+    """
+    return _safe_divide(flat, flat.abs().amax(dim=1, keepdim=True))
+
+
 def minmax(maps: ArrayT) -> ArrayT:
     """Scale each sample linearly so its minimum becomes 0 and its maximum 1; a constant map gives zeros.
 
@@ -106,6 +115,7 @@ def minmax(maps: ArrayT) -> ArrayT:
     Same type and shape, floating point, in [0, 1].
     """
     flat, is_numpy = _as_flat_tensor(maps, "minmax")
+    flat = _unit_scale(flat)
     low = flat.amin(dim=1, keepdim=True)
     high = flat.amax(dim=1, keepdim=True)
     return _restore(_safe_divide(flat - low, high - low), maps, is_numpy)
@@ -127,6 +137,7 @@ def minmax_within(maps: ArrayT, masks: torch.Tensor | np.ndarray) -> ArrayT:
         Same shape (or broadcastable per sample); any value > 0 is inside.
     """
     flat, is_numpy = _as_flat_tensor(maps, "minmax_within")
+    flat = _unit_scale(flat)
     inside = torch.as_tensor(np.asarray(masks) if isinstance(masks, np.ndarray) else masks)
     inside = inside.as_subclass(torch.Tensor).to(flat.device)
     if inside.numel() != flat.numel():

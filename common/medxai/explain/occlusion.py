@@ -156,6 +156,8 @@ class Occlusion(Explainer):
         xd = x.detach().to(device)
         batch, spatial = xd.shape[0], tuple(xd.shape[2:])
         patch, stride = self._geometry(spatial)
+        if any(w > n for n, w in zip(spatial, patch)):
+            raise InputError(f"Occlusion: patch size {patch} is larger than x of shape {tuple(x.shape)}.")
         indicators = [window_indicators(n, w, s, device) for n, w, s in zip(spatial, patch, stride)]
         counts = tuple(ind.shape[0] for ind in indicators)
         num_windows = math.prod(counts)

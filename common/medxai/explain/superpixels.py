@@ -28,7 +28,7 @@ from monai.networks.layers import gaussian_1d, separable_filtering
 from skimage.segmentation import slic
 
 from medxai.errors import InputError
-from medxai.explain.base import Explainer, check_batch, resolve_targets
+from medxai.explain.base import Explainer, check_batch, check_finite, resolve_targets
 from medxai.explain.occlusion import OUTPUT_KINDS, OutputKind, target_scores
 from medxai.explain.perturbation import batched_forward, model_device
 
@@ -347,6 +347,7 @@ class SuperpixelExplainer(Explainer):
 
         with torch.no_grad():
             logits = self.model(xd)
+        check_finite(logits, xd, f"{type(self).__name__}: the model's outputs")
         targets = resolve_targets(target, batch, logits)
         outputs = target_scores(logits, targets, self.output).double().cpu()
 
@@ -358,13 +359,14 @@ class SuperpixelExplainer(Explainer):
 
             def score(masks: torch.Tensor, image=image, filled=filled, labels=labels, t=t) -> torch.Tensor:
                 """Target scores (n,) of the perturbed images of masks (n, M) bool on the model's device."""
-                return batched_forward(
+                scores = batched_forward(
                     self.model,
                     lambda chunk: compose(image, filled, labels, masks[chunk]),
                     n=masks.shape[0],
                     batch_size=self.batch_size,
                     postprocess=lambda out: target_scores(out, t.expand(out.shape[0]), self.output),
                 )
+                return check_finite(scores, image, f"{type(self).__name__}: the scores of the perturbed images")
 
             fits.append(self.fit_surrogate(score, int(labels.max()) + 1, device))
 

@@ -50,7 +50,7 @@ from monai.transforms import InvertibleTransform, MapTransform, Resize, SpatialP
 from monai.utils import TraceKeys, TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from medxai.errors import InputError
-from medxai.transforms.checks import case_name
+from medxai.transforms.checks import case_name, check_resample_range
 
 __all__ = ["CANVAS_MODES", "fit_size", "AspectCanvas", "AspectCanvasd"]
 
@@ -161,8 +161,9 @@ class AspectCanvas(InvertibleTransform):
     Raises
     ------
     InputError
-        For a canvas that is not two positive integers, an unknown mode or method, a non-finite pad value, or
-        an image that is not ``(C, H, W)``, naming the value or the case.
+        For a canvas that is not two positive integers, an unknown mode or method, a non-finite pad value, an
+        image that is not a non-empty ``(C, H, W)``, or one holding NaN/Inf or values that overflow the float32
+        resampling (:func:`~medxai.transforms.checks.check_resample_range`), naming the value or the case.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -195,7 +196,9 @@ class AspectCanvas(InvertibleTransform):
         mode_ = self.mode if mode is None else _check_mode(mode)
         anti_aliasing_ = self.anti_aliasing if anti_aliasing is None else bool(anti_aliasing)
         pad_value_ = self.pad_value if pad_value is None else _check_pad_value(pad_value)
-        content = fit_size(_check_image(img), self.spatial_size)
+        image_size = _check_image(img)
+        check_resample_range(img, f"AspectCanvas: case '{case_name(img)}'", image_size[0] * image_size[1])
+        content = fit_size(image_size, self.spatial_size)
         track = get_track_meta() and isinstance(img, MetaTensor)
         img_t = convert_to_tensor(img, track_meta=track)
         resized = Resize(content, mode=mode_, anti_aliasing=anti_aliasing_)(img_t, dtype=torch.float32, lazy=False)

@@ -24,7 +24,7 @@ from monai.utils import ImageMetaKey
 
 from medxai.errors import InputError
 
-__all__ = ["case_name", "CheckVolume", "CheckVolumed", "CheckLabelMapd"]
+__all__ = ["case_name", "check_resample_range", "CheckVolume", "CheckVolumed", "CheckLabelMapd"]
 
 
 def case_name(img: Any, default: str = "<unnamed>") -> str:
@@ -50,6 +50,42 @@ def case_name(img: Any, default: str = "<unnamed>") -> str:
         return default
     name = PurePath(str(source).replace("\\", "/").rstrip("/")).name
     return name or default
+
+
+def check_resample_range(img: Any, where: str, window: int = 1) -> None:
+    """Refuse values that a float32 resampling cannot carry: NaN/Inf, or magnitudes that overflow.
+
+    Interpolating transforms compute in float32 (MONAI's ``Resize(..., dtype=torch.float32)``). An average of
+    up to ``window`` pixels (``"area"`` mode sums them first) overflows to Inf when ``window * max |v|``
+    exceeds the float32 maximum (3.4e38), and float64 values beyond it become Inf when cast.
+
+    Parameters
+    ----------
+    img
+        Array or tensor of any shape.
+    where
+        How to name the case in the message (e.g. ``"case 'ct_01.nii.gz' (key 'image')"``).
+    window
+        Largest number of input pixels that one output pixel is computed from.
+
+    Raises
+    ------
+    InputError
+        Naming the case and the offending count or value.
+    """
+    values = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img)
+    if not values.is_floating_point() or values.numel() == 0:
+        return
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        raise InputError(f"{where}: {int((~finite).sum())} NaN/Inf value(s) of {values.numel()} cannot be resampled.")
+    largest = float(values.abs().max())
+    limit = float(torch.finfo(torch.float32).max) / max(int(window), 1)
+    if largest > limit:
+        raise InputError(
+            f"{where}: values up to {largest:g} in magnitude overflow float32 resampling (limit {limit:g}); "
+            "rescale the intensities first."
+        )
 
 
 class CheckVolume(Transform):
@@ -251,7 +287,8 @@ class CheckLabelMapd(MapTransform):
             if values.is_floating_point() and not bool(torch.isfinite(values).all()):
                 raise InputError(f"{case}: the label map holds NaN or infinite values.")
             if values.is_floating_point() and not bool((values == values.round()).all()):
-                raise InputError(f"{case}: the label map holds fractional values, not class indices.")
+                fractional = torch.unique(values[values != values.round()])[:5].tolist()
+                raise InputError(f"{case}: the label map holds fractional values {fractional}, not class indices.")
             found = torch.unique(values).tolist()
             outside = [v for v in found if not 0 <= v < self.num_classes]
             if outside:

@@ -39,6 +39,8 @@ def _checked_2d(img: Any, transform: str) -> tuple[np.ndarray, str]:
     array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     if array.ndim != 3:
         raise InputError(f"{transform}: {where} must be a channel-first 2D image (C, H, W), got shape {array.shape}.")
+    if array.size == 0:
+        raise InputError(f"{transform}: {where} is empty, shape {array.shape}.")
     if not np.isfinite(array).all():
         raise InputError(f"{transform}: {where} holds {int((~np.isfinite(array)).sum())} NaN/Inf pixels.")
     return array, where

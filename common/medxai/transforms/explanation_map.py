@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 
 from medxai.engines.explain_handlers import evaluation_mode
 from medxai.errors import InputError
+from medxai.transforms.checks import case_name
 
 __all__ = ["ExplanationMapd"]
 
@@ -68,6 +69,10 @@ class ExplanationMapd(MapTransform):
         if key not in d:
             raise InputError(f"ExplanationMapd: key '{key}' is missing; the data has {sorted(map(str, d))}.")
         value = torch.as_tensor(d[key])
+        if value.numel() == 0:
+            raise InputError(
+                f"ExplanationMapd: key '{key}' is empty (shape {tuple(value.shape)}); there is no class to explain."
+            )
         return int(value.argmax()) if value.numel() > 1 else int(value.item())
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -76,11 +81,15 @@ class ExplanationMapd(MapTransform):
         image = d[key]
         x = (image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image))[None].float()
         model = getattr(self.explainer, "model", None)
-        if isinstance(model, torch.nn.Module):
-            with evaluation_mode(model):
+        try:
+            if isinstance(model, torch.nn.Module):
+                with evaluation_mode(model):
+                    heat = self.explainer(x.to(self.device), [self._target(d)])
+            else:
                 heat = self.explainer(x.to(self.device), [self._target(d)])
-        else:
-            heat = self.explainer(x.to(self.device), [self._target(d)])
+        except InputError as err:
+            where = f"case '{case_name(image)}' (key '{key}', shape {tuple(image.shape)})"
+            raise InputError(f"ExplanationMapd: {where}: {err}") from err
         heat = heat[0].detach().float().cpu()
         if isinstance(image, MetaTensor):
             heat = MetaTensor(heat, meta=dict(image.meta), applied_operations=list(image.applied_operations))

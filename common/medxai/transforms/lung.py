@@ -83,9 +83,22 @@ def lung_mask(
     -------
     np.ndarray
         uint8 ``(H, W, D)``: 1 lung, 0 elsewhere; all zero when no air lies inside the body.
+
+    Raises
+    ------
+    InputError
+        For a volume that is not 3D, is empty (a zero-length axis) or holds NaN/Inf (NaN would silently read
+        as "not air"), or for out-of-range parameters.
     """
     if hu.ndim != 3:
         raise InputError(f"lung_mask expects a volume (H, W, D), got shape {tuple(hu.shape)}.")
+    if min(hu.shape) < 1:
+        raise InputError(f"lung_mask got an empty volume of shape {tuple(hu.shape)} (a zero-length axis).")
+    if not np.isfinite(hu).all():
+        raise InputError(
+            f"lung_mask: the volume holds {int((~np.isfinite(hu)).sum())} NaN/Inf voxel(s) of {hu.size}; "
+            "Hounsfield units must be finite."
+        )
     if closing_radius_mm < 0 or max_components < 1 or not 0.0 <= min_component_fraction <= 1.0:
         raise InputError(
             "lung_mask: closing_radius_mm must be >= 0, max_components >= 1 and min_component_fraction in [0, 1], "
@@ -211,14 +224,17 @@ class LungMask(Transform):
         if len(shape) != 4 or shape[0] != 1:
             raise InputError(f"case '{case_name(img)}': LungMask expects a CT volume (1, H, W, D), got shape {shape}.")
         hu = convert_to_numpy(img.as_tensor() if isinstance(img, MetaTensor) else img)[0]
-        mask = lung_mask(
-            hu.astype(np.float32, copy=False),
-            _pixel_spacing(img, self.pixel_spacing),
-            self.threshold_hu,
-            self.closing_radius_mm,
-            self.max_components,
-            self.min_component_fraction,
-        )[None]
+        try:
+            mask = lung_mask(
+                hu.astype(np.float32, copy=False),
+                _pixel_spacing(img, self.pixel_spacing),
+                self.threshold_hu,
+                self.closing_radius_mm,
+                self.max_components,
+                self.min_component_fraction,
+            )[None]
+        except InputError as err:
+            raise InputError(f"case '{case_name(img)}': {err}") from None
         if not self.allow_empty and not mask.any():
             raise InputError(
                 f"case '{case_name(img)}': no lung found (no air below {self.threshold_hu:g} HU inside the body); "

@@ -24,6 +24,10 @@ pixel centres consistently with the affine MONAI writes (torch's legacy ``"neare
 to half a pixel) and keeps label values. MONAI's ``anti_aliasing=True`` is not used: its Gaussian filter
 pads with zeros and darkens the image border (a uniform slice of ones resized from 512 to 224 comes back
 at 0.92 along its edges and 0.84 in its corners).
+
+Every transform here refuses, with an :class:`~medxai.errors.InputError` naming the case and key, a key that
+is not a non-empty ``(C, H, W, D)`` volume or that holds NaN/Inf or values the float32 resampling would
+overflow (:func:`~medxai.transforms.checks.check_resample_range`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from monai.transforms import Crop, InvertibleTransform, MapTransform, Randomizab
 from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from medxai.errors import InputError
-from medxai.transforms.checks import case_name
+from medxai.transforms.checks import case_name, check_resample_range
 
 __all__ = ["sample_crop_box", "RandResizedCropSlicesd", "ResizeSlicesd", "SampleSlicesd"]
 
@@ -64,6 +68,15 @@ def _check_volume(img: Any, key: Hashable, what: str) -> None:
             f"case '{case_name(img)}' (key '{key}'): {what} expects a channel-first volume (C, H, W, D), got shape "
             f"{tuple(img.shape)}."
         )
+    if min(int(v) for v in img.shape) < 1:
+        raise InputError(
+            f"case '{case_name(img)}' (key '{key}'): {what} got an empty volume of shape {tuple(img.shape)} "
+            "(a zero-length axis)."
+        )
+
+
+def _check_resample(img: Any, key: Hashable, what: str, window: int) -> None:
+    check_resample_range(img, f"case '{case_name(img)}' (key '{key}'): {what}", window)
 
 
 def sample_crop_box(
@@ -184,12 +197,14 @@ class RandResizedCropSlicesd(Randomizable, MapTransform, InvertibleTransform):
         first = self.first_key(d)
         if first == ():
             return d
+        _check_volume(d[first], first, type(self).__name__)
         in_plane = tuple(int(s) for s in d[first].shape[1:3])
         self.randomize(in_plane)
         top, left, h, w = self.box  # type: ignore[misc]
         slices = (slice(top, top + h), slice(left, left + w), slice(None))
         for key, mode, align_corners in self.key_iterator(d, self.mode, self.align_corners):
             _check_volume(d[key], key, type(self).__name__)
+            _check_resample(d[key], key, type(self).__name__, in_plane[0] * in_plane[1])
             if tuple(int(s) for s in d[key].shape[1:3]) != in_plane:
                 raise InputError(
                     f"case '{case_name(d[key])}': key '{key}' has in-plane size {tuple(d[key].shape[1:3])}, key "
@@ -248,6 +263,7 @@ class ResizeSlicesd(Resized):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         for key in self.key_iterator(dict(data)):
             _check_volume(data[key], key, type(self).__name__)
+            _check_resample(data[key], key, type(self).__name__, int(data[key].shape[1]) * int(data[key].shape[2]))
         return super().__call__(data, lazy=lazy)
 
 
@@ -285,4 +301,5 @@ class SampleSlicesd(Resized):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         for key in self.key_iterator(dict(data)):
             _check_volume(data[key], key, type(self).__name__)
+            _check_resample(data[key], key, type(self).__name__, 1)
         return super().__call__(data, lazy=lazy)
