@@ -466,7 +466,10 @@ def check_ckpt_export(
     if not checkpoint.is_file():
         return CheckResult("ckpt_export", SKIP, f"no {CHECKPOINT}")
     exported = workdir / "model.ts"
-    configs = _configs_fitting_checkpoint(bundle_dir, checkpoint, device)
+    try:
+        configs = _configs_fitting_checkpoint(bundle_dir, checkpoint, device)
+    except Exception as e:  # noqa: BLE001 - an unreadable checkpoint fails this check, not the whole run
+        return CheckResult("ckpt_export", FAIL, f"{checkpoint.name}: {describe_exception(e)}")
     used = " + ".join(str(Path(c).relative_to(bundle_dir)) for c in configs)
     try:
         ckpt_export(
@@ -523,9 +526,9 @@ def _configs_fitting_checkpoint(bundle_dir: Path, checkpoint: Path, device: str)
     """The inference config, plus the first of :data:`CHECKPOINT_OVERLAYS` whose network the checkpoint fits
     (keys and shapes) when the plain config's does not; the plain config when none fits (the export then
     fails with the loading error, naming the mismatch)."""
-    import torch
+    from medxai.serialization import load_weights
 
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state = load_weights(checkpoint, map_location=device, what="checkpoint")
     plain = [str(bundle_dir / INFER_CONFIG)]
     candidates = [plain] + [plain + [str(bundle_dir / o)] for o in CHECKPOINT_OVERLAYS if (bundle_dir / o).is_file()]
     for configs in candidates:

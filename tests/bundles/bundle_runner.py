@@ -62,17 +62,20 @@ class BundleCopy:
         assert result.returncode == 0, log[-4000:]
         return log
 
-    def run(self, *configs: str, run_id: str = "run", launcher: Sequence[str] = (), timeout: int = 600) -> str:
-        """``monai.bundle run <run_id>`` with ``configs`` (then the overlay) and the bundle's metadata and logging."""
-        return self.monai_bundle(
+    def run_args(self, *configs: str, run_id: str = "run") -> list[str]:
+        """The ``monai.bundle`` arguments ``run <run_id>`` with ``configs`` (then the overlay) and the bundle's
+        metadata and logging."""
+        return [
             "run", run_id,
             "--config_file", str(self.config_files(*configs)),
             "--bundle_root", str(self.bundle),
             "--meta_file", str(self.bundle / "configs" / "metadata.json"),
             "--logging_file", str(self.bundle / "configs" / "logging.conf"),
-            launcher=launcher,
-            timeout=timeout,
-        )  # fmt: skip
+        ]  # fmt: skip
+
+    def run(self, *configs: str, run_id: str = "run", launcher: Sequence[str] = (), timeout: int = 600) -> str:
+        """``monai.bundle run <run_id>`` with ``configs`` (then the overlay) and the bundle's metadata and logging."""
+        return self.monai_bundle(*self.run_args(*configs, run_id=run_id), launcher=launcher, timeout=timeout)
 
     def infer_on(self, records: Sequence[dict[str, Any]], work: Path) -> tuple[dict[str, str], Path]:
         """Run ``inference.json`` (then the overlay) on a datalist whose ``test`` list is ``records``.

@@ -207,7 +207,8 @@ def test_labels_outside_the_class_range_stop_training_before_it_starts(tmp_path)
     result = subprocess.run(command, cwd=copy.cwd, env=copy.env, capture_output=True, text=True, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "case 'seg_raw.nii.gz' (key 'label'): labels [43] are outside the class range [0, 4)" in log
+    # the dataset check in initialize (medxai.data.validate) names the case and its label map
+    assert "[training] img.nii.gz: label map seg_raw.nii.gz: labels [43] are outside the class range [0, 4)" in log
     assert "Epoch: 1/" not in log  # nothing trained
 
 

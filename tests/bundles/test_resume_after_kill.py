@@ -55,13 +55,7 @@ ITERATION_LOG = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+")
 
 
 def _command(copy: BundleCopy) -> list[str]:
-    return [
-        sys.executable, "-m", "monai.bundle", "run", "training",
-        "--config_file", str(copy.config_files(*TRAIN)),
-        "--bundle_root", str(copy.bundle),
-        "--meta_file", str(copy.bundle / "configs" / "metadata.json"),
-        "--logging_file", str(copy.bundle / "configs" / "logging.conf"),
-    ]  # fmt: skip
+    return [sys.executable, "-m", "monai.bundle", *copy.run_args(*TRAIN, run_id="training")]
 
 
 def _kill_after_saving(copy: BundleCopy, epoch: int, batch: int) -> str:

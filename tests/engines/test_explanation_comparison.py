@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine
 
 from medxai.engines.explanation_comparison import ExplanationComparisonHandler, bootstrap_mean_ci
-from medxai.errors import InputError
+from medxai.errors import DatasetError, InputError
 
 REGION = torch.zeros(1, 1, 8, 8)
 REGION[..., 2:4, 2:4] = 1.0  # 4 of 64 pixels
@@ -116,8 +116,10 @@ def test_errors_name_the_problem(tmp_path):
     handler = ExplanationComparisonHandler(
         {"oracle": _oracle}, tmp_path, model=RegionModel(), lesion_key="missing_mask", n_bootstrap=0
     )
-    with pytest.raises(InputError, match="lesion mask 'missing_mask' is missing"):
+    # a case error is recorded per case; when every case failed the run stops, naming the first one
+    with pytest.raises(DatasetError, match="all 2 case.*unnamed-0: InputError: .*lesion mask 'missing_mask' is missing"):
         _run(handler, [1, 1])
+    assert [bad.case for bad in handler.failed_cases] == ["unnamed-0", "unnamed-1"]
 
 
 def test_cases_without_a_lesion_are_left_out_of_localisation_but_not_of_aoppc(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for ``scripts/benchmark_explain.py`` in its quick (CI) mode: one run shared by the tests."""
+"""Tests for ``scripts/benchmarks/benchmark_explain.py`` in its quick (CI) mode: one run shared by the tests."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def script_labels() -> tuple[str, ...]:
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_explain", REPO_ROOT / "scripts" / "benchmark_explain.py")
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_explain", REPO_ROOT / "scripts" / "benchmarks" / "benchmark_explain.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

@@ -11,6 +11,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -294,6 +295,28 @@ def test_missing_checkpoint_skips_ckpt_export(tmp_path):
     assert report.passed
     expected = vb.CheckResult("ckpt_export", "SKIP", "no models/model.pt (checkpoints are not committed)")
     assert report.results == [expected]
+
+
+def test_unreadable_or_pickled_checkpoint_fails_ckpt_export_without_running_its_code(tmp_path):
+    import pickle
+
+    class RunsCode:  # a pickle that would run code when loaded without weights_only
+        def __reduce__(self):
+            return (exec, ("open(__import__('os').environ['MEDXAI_TOUCHED'], 'w').close()",))
+
+    bundle = _copy_fixture(tmp_path)
+    touched = tmp_path / "touched"
+    (bundle / "models").mkdir(exist_ok=True)
+    (bundle / "models" / "model.pt").write_bytes(pickle.dumps({"w": RunsCode()}))
+    os.environ["MEDXAI_TOUCHED"] = str(touched)
+    try:
+        report = vb.verify_bundle(bundle, checks=["ckpt_export"])
+    finally:
+        del os.environ["MEDXAI_TOUCHED"]
+    (result,) = report.results
+    assert not report.passed and result.status == "FAIL"
+    assert result.reason.startswith("model.pt: ") and "checkpoint" in result.reason and "cannot be read" in result.reason
+    assert not touched.exists()
 
 
 def test_cli_exits_1_and_prints_the_failing_row(tmp_path, capsys):

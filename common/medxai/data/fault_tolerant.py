@@ -22,6 +22,16 @@ The sampler still hands out indices, so every record is read exactly once and in
 loader is exhausted (with a length, ignite would restart the iterator to make up for skipped batches and
 read cases twice).
 
+Explanation jobs (``explain.json``) add two pieces that share one errors file per run:
+
+- :class:`BadCaseLog`, the ``bad_cases.json`` of one run, fed by several sources (the loaders of every
+  evaluator of the run, the explanation handlers, :class:`SkipFailedCases`): each source's entries replace
+  its own earlier ones, identical entries are listed once, and the file is rewritten atomically after every
+  change, so a killed job leaves a complete list of what it found so far;
+- :class:`SkipFailedCases`, a wrapper for per-case work done after loading (an evaluator's
+  ``postprocessing`` that computes and writes explanations): a case error there is recorded under the case's
+  name and the case is passed on unchanged, so the run goes on with the next case.
+
 Example bundle config::
 
     "dataset": {"_target_": "medxai.data.fault_tolerant.FaultTolerantDataset",
@@ -29,12 +39,19 @@ Example bundle config::
     "dataloader": {"_target_": "medxai.data.fault_tolerant.FaultTolerantDataLoader",
                    "dataset": "@dataset", "batch_size": 1, "num_workers": 2,
                    "report_path": "$@output_dir + '/bad_cases.json'"}
+
+and in an explanation overlay, one log for the whole run::
+
+    "bad_case_log": {"_target_": "medxai.data.fault_tolerant.BadCaseLog", "path": "@bad_cases_path"},
+    "dataloader#bad_case_log": "@bad_case_log"
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 import zlib
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +61,7 @@ from typing import Any, NamedTuple
 
 from monai.data import DataLoader, Dataset
 from monai.data.utils import list_data_collate
-from monai.transforms import apply_transform
+from monai.transforms import Transform, apply_transform
 from nibabel.filebasedimages import ImageFileError
 from pydicom.errors import InvalidDicomError
 
@@ -53,10 +70,16 @@ from medxai.errors import DatasetError, InputError, MedXAIError
 __all__ = [
     "CASE_ERRORS",
     "BadCase",
+    "BadCaseLog",
+    "SkipFailedCases",
+    "describe_case_error",
     "find_case_error",
     "FaultTolerantDataset",
     "FaultTolerantDataLoader",
     "write_bad_cases",
+    "atomic_write",
+    "as_bad_case_log",
+    "case_source",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +153,17 @@ def _one_line(exc: BaseException) -> str:
     """``"Type: first line of the message"`` (the message of a bad case is logged on one line)."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0].strip() if lines else repr(exc)}"
+
+
+def describe_case_error(exc: BaseException, case: str, source: str | None = None) -> str:
+    """One line ``"Type: message"`` for a bad case, with ``source`` (the case's path) and its base name replaced by
+    ``case`` in the message when ``case`` is not simply that base name (a renamed, e.g. pseudonymised, case)."""
+    message = _one_line(exc)
+    if source:
+        for text in sorted({source, source.rstrip("/\\"), _base_name(source)}, key=len, reverse=True):
+            if text and text != case:
+                message = message.replace(text, case)
+    return message
 
 
 def _source(record: Any, name_key: Hashable) -> str | None:
@@ -209,13 +243,9 @@ class FaultTolerantDataset(Dataset):
 
     def _bad_case(self, index: int, cause: BaseException) -> BadCase:
         name = self.case_name(index)
-        message = _one_line(cause)
         source = _source(self.data[index], self.name_key)
-        if source is not None and self.case_name_fn is not None:
-            # the case was renamed (pseudonymised): keep its path and file name out of the message too
-            for text in sorted({source, source.rstrip("/\\"), _base_name(source)}, key=len, reverse=True):
-                if text:
-                    message = message.replace(text, name)
+        # the case was renamed (pseudonymised): keep its path and file name out of the message too
+        message = describe_case_error(cause, name, source if self.case_name_fn is not None else None)
         return BadCase(index=index, case=name, error=message)
 
 
@@ -262,6 +292,10 @@ class FaultTolerantDataLoader(DataLoader):
     fail_if_all_bad
         Raise :class:`medxai.errors.DatasetError` at the end of a pass in which every case failed (after
         writing the report), rather than letting the workflow finish without a single prediction.
+    bad_case_log
+        A :class:`BadCaseLog` shared with the other sources of the run (a second evaluator's loader, the
+        explanation handlers): the pass's bad cases replace this loader's earlier entries there and the log
+        writes its file. ``report_path`` must then be empty or the log's path.
     kwargs
         Passed to :class:`monai.data.DataLoader` (``batch_size``, ``shuffle``, ``collate_fn`` (default
         :func:`monai.data.utils.list_data_collate`, applied to the good items only), ...). ``batch_size=None``
@@ -274,8 +308,16 @@ class FaultTolerantDataLoader(DataLoader):
         num_workers: int = 0,
         report_path: str | PathLike | None = None,
         fail_if_all_bad: bool = True,
+        bad_case_log: BadCaseLog | None = None,
         **kwargs: Any,
     ) -> None:
+        if bad_case_log is not None:
+            if not isinstance(bad_case_log, BadCaseLog):
+                raise InputError(f"bad_case_log must be a BadCaseLog, got {type(bad_case_log).__name__}.")
+            if report_path not in (None, "") and Path(report_path).resolve() != bad_case_log.path.resolve():
+                raise InputError(
+                    f"report_path {report_path} and bad_case_log's path {bad_case_log.path} differ; give one of them."
+                )
         if "batch_size" in kwargs and kwargs["batch_size"] is None:
             raise InputError("FaultTolerantDataLoader needs batch_size >= 1 (batch_size=None is not supported).")
         if isinstance(kwargs.get("collate_fn"), _CollateGoodCases):
@@ -284,6 +326,10 @@ class FaultTolerantDataLoader(DataLoader):
         super().__init__(dataset, num_workers=num_workers, **kwargs)
         self.report_path = None if report_path in (None, "") else Path(report_path)  # type: ignore[arg-type]
         self.fail_if_all_bad = fail_if_all_bad
+        self.bad_case_log = bad_case_log
+        self._log_source = None if bad_case_log is None else bad_case_log.new_source("loader")
+        if bad_case_log is not None:
+            self.report_path = bad_case_log.path
         self.bad_cases: list[BadCase] = []
         self.num_cases = 0
 
@@ -308,7 +354,10 @@ class FaultTolerantDataLoader(DataLoader):
     def _finish_pass(self) -> None:
         skipped, total = len(self.bad_cases), self.num_cases
         summary = f"{skipped} of {total} cases skipped"
-        if self.report_path is not None:
+        if self.bad_case_log is not None:
+            self.bad_case_log.replace(self._log_source, self.bad_cases)
+            summary += f"; the list is in {self.report_path}"
+        elif self.report_path is not None:
             write_bad_cases(self.bad_cases, self.report_path)
             summary += f"; the list is in {self.report_path}"
         (logger.warning if skipped else logger.info)(summary + ".")
@@ -319,15 +368,193 @@ class FaultTolerantDataLoader(DataLoader):
             )
 
 
-def write_bad_cases(bad_cases: Sequence[BadCase | Mapping[str, Any]], path: str | PathLike) -> Path:
-    """Write ``[{"case": ..., "error": ...}, ...]`` (``[]`` when empty) to ``path`` as JSON; returns the path."""
+def _entries(bad_cases: Sequence[BadCase | Mapping[str, Any]]) -> list[dict[str, Any]]:
     entries = []
     for bad in bad_cases:
         entry = bad.to_dict() if isinstance(bad, BadCase) else dict(bad)
         if set(entry) != {"case", "error"}:
             raise InputError(f"a bad case must have exactly the keys 'case' and 'error', got {sorted(entry)}.")
         entries.append(entry)
+    return entries
+
+
+def atomic_write(path: str | PathLike, content: str | bytes) -> Path:
+    """Write ``content`` (text or bytes) to ``path`` through a temporary file in the same folder and
+    :func:`os.replace`, so the file is either absent, the old version or complete: a job killed while writing
+    never leaves half a file."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(entries, indent=2) + "\n")
+    # a fresh name beside the target ("x": never an existing file); plain open() keeps the umask's permissions
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "xb" if isinstance(content, bytes) else "x") as stream:
+            stream.write(content)
+        os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return out
+
+
+def write_bad_cases(bad_cases: Sequence[BadCase | Mapping[str, Any]], path: str | PathLike) -> Path:
+    """Write ``[{"case": ..., "error": ...}, ...]`` (``[]`` when empty) to ``path`` as JSON (atomically);
+    returns the path."""
+    return atomic_write(path, json.dumps(_entries(bad_cases), indent=2) + "\n")
+
+
+class BadCaseLog:
+    """The errors file (``bad_cases.json``) of one run, fed by several sources.
+
+    An explanation job reads its cases with one or two evaluators (each with a
+    :class:`FaultTolerantDataLoader`) and explains them in handlers or postprocessing that can fail on one
+    case too. Each of them is a *source* (:meth:`new_source`); :meth:`replace` sets a source's entries (a
+    loader's list of a pass), :meth:`add` appends one (a case whose explanation failed). The file lists the
+    entries source by source in the order the sources were created, each ``{"case", "error"}`` pair once, and
+    is rewritten atomically after every change (``[]`` before any). A new log (one per parsed config, i.e.
+    per run) starts empty, so a rerun's file lists what that run found, not what an earlier run did.
+
+    Parameters
+    ----------
+    path
+        The JSON file (e.g. ``<output_dir>/bad_cases.json``).
+    """
+
+    def __init__(self, path: str | PathLike) -> None:
+        if path in (None, ""):
+            raise InputError("BadCaseLog needs the path of its JSON file.")
+        self.path = Path(path)
+        self._sources: dict[str, list[dict[str, Any]]] = {}
+
+    def new_source(self, kind: str = "source") -> str:
+        """Register a source and return its key (sources are listed in the order they were registered)."""
+        key = f"{kind}-{len(self._sources)}"
+        self._sources[key] = []
+        return key
+
+    def _check(self, source: str) -> None:
+        if source not in self._sources:
+            raise InputError(f"unknown bad-case source {source!r}; get one from new_source().")
+
+    def replace(self, source: str, bad_cases: Sequence[BadCase | Mapping[str, Any]]) -> Path:
+        """Set the entries of ``source`` and rewrite the file."""
+        self._check(source)
+        self._sources[source] = _entries(bad_cases)
+        return self.write()
+
+    def add(self, source: str, case: str, error: str) -> Path:
+        """Append ``{"case": case, "error": error}`` to ``source``'s entries and rewrite the file."""
+        self._check(source)
+        self._sources[source].extend(_entries([{"case": str(case), "error": str(error)}]))
+        return self.write()
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """All entries, source by source, each distinct ``(case, error)`` once."""
+        seen: set[tuple[str, str]] = set()
+        entries = []
+        for source in self._sources.values():
+            for entry in source:
+                key = (str(entry["case"]), str(entry["error"]))
+                if key not in seen:
+                    seen.add(key)
+                    entries.append(entry)
+        return entries
+
+    def write(self) -> Path:
+        """Rewrite the file with :attr:`entries` (atomically); returns its path."""
+        return write_bad_cases(self.entries, self.path)
+
+
+def as_bad_case_log(value: BadCaseLog | str | PathLike | None) -> BadCaseLog | None:
+    """``value`` as a :class:`BadCaseLog`: a log as it is, a path as a new log there, ``None``/``""`` as ``None``."""
+    if value is None or isinstance(value, BadCaseLog):
+        return value
+    if isinstance(value, (str, PathLike)):
+        return None if str(value) == "" else BadCaseLog(value)
+    raise InputError(f"bad_case_log must be a BadCaseLog, a path or None, got {type(value).__name__}.")
+
+
+def case_source(item: Mapping[str, Any], image_key: Hashable = "image") -> str | None:
+    """The file a case was (or is to be) loaded from: ``item[image_key]`` itself when it is a path, else its
+    MetaTensor ``filename_or_obj``, else ``item["<image_key>_meta_dict"]["filename_or_obj"]``; ``None`` when none
+    is there."""
+    if not isinstance(item, Mapping):
+        return None
+    value = item.get(image_key)
+    if isinstance(value, (str, PathLike)):
+        return str(value) if str(value).strip() else None
+    source = None
+    meta = getattr(value, "meta", None)
+    if isinstance(meta, Mapping):
+        source = meta.get("filename_or_obj")
+    meta_dict = item.get(f"{image_key}_meta_dict")
+    if not source and isinstance(meta_dict, Mapping):
+        source = meta_dict.get("filename_or_obj")
+    if isinstance(source, (list, tuple)):
+        source = source[0] if len(source) == 1 else None
+    return str(source) if isinstance(source, (str, PathLike)) and str(source).strip() else None
+
+
+class SkipFailedCases(Transform):
+    """Run ``transform`` on one case; on a case error record the case and return it unchanged.
+
+    Meant for an evaluator's ``postprocessing`` that computes and writes explanations (Grad-CAM maps,
+    expected Dice, ...): an error there would otherwise abort the whole run. The error is searched for along
+    the ``__cause__`` chain (MONAI's ``Compose`` wraps it) as :class:`FaultTolerantDataset` does; errors that
+    are not case errors (``TypeError``, ``KeyError``, ... : programming or configuration errors) propagate.
+    A failed case is logged as one warning line, added to ``bad_case_log`` and counted in :attr:`failed`;
+    the data it returns lacks the outputs ``transform`` would have added, so nothing is written for it.
+
+    Parameters
+    ----------
+    transform
+        The per-case transform (typically a ``Compose``).
+    bad_case_log
+        Where failed cases are recorded (a :class:`BadCaseLog`, or a path for a log of its own), or ``None``.
+    case_errors
+        Exception types that mark the case as bad (default :data:`CASE_ERRORS`).
+    image_key
+        Key of the image whose file names the case (:func:`case_source`).
+    case_name_fn
+        Maps that file to the case name; default its base name. Bundles pass
+        :func:`medxai.transforms.outputs.output_case_name` (the name outputs are written under); the path and
+        file name are then kept out of the recorded message.
+    """
+
+    def __init__(
+        self,
+        transform: Callable[..., Any],
+        bad_case_log: BadCaseLog | str | PathLike | None = None,
+        case_errors: Sequence[type[BaseException]] = CASE_ERRORS,
+        image_key: Hashable = "image",
+        case_name_fn: Callable[[str], str] | None = None,
+    ) -> None:
+        if not callable(transform):
+            raise InputError(f"SkipFailedCases needs a callable transform, got {type(transform).__name__}.")
+        self.transform = transform
+        self.bad_case_log = as_bad_case_log(bad_case_log)
+        self._log_source = None if self.bad_case_log is None else self.bad_case_log.new_source("postprocessing")
+        self.case_errors = tuple(case_errors)
+        self.image_key = image_key
+        self.case_name_fn = case_name_fn
+        self.failed: list[BadCase] = []
+
+    def __call__(self, data: Any) -> Any:
+        try:
+            return apply_transform(self.transform, data)
+        except Exception as exc:
+            cause = find_case_error(exc, self.case_errors)
+            if cause is None:
+                raise
+            source = case_source(data, self.image_key)
+            if source is None:
+                name = f"unnamed-{len(self.failed)}"
+            else:
+                name = self.case_name_fn(source) if self.case_name_fn is not None else _base_name(source)
+            message = describe_case_error(cause, name, source if self.case_name_fn is not None else None)
+            bad = BadCase(index=len(self.failed), case=name, error=message)
+            self.failed.append(bad)
+            logger.warning("case %s failed after loading, skipped: %s", name, message)
+            if self.bad_case_log is not None:
+                self.bad_case_log.add(self._log_source, name, message)
+            return data

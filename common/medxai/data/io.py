@@ -315,6 +315,8 @@ class LoadMedicalImage(Transform):
             first_line = (str(exc).strip().splitlines() or [""])[0]
             what = kind.replace("_", " ")
             raise InputError(f"cannot read {what} {shown}: {type(exc).__name__}: {first_line}") from exc
+        if image.numel() == 0:  # MONAI's Orientation would fail with a ValueError, which no caller expects
+            raise InputError(f"{kind.replace('_', ' ')} {shown} holds no voxels: shape {tuple(image.shape)}.")
         if info is not None and image.shape[-1] != len(info.files):
             raise InputError(
                 f"DICOM folder {path}: read {image.shape[-1]} of {len(info.files)} slices; unreadable or truncated: "

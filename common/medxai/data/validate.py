@@ -14,6 +14,10 @@ DICOM: several series, duplicated or   :func:`medxai.data.io.inspect_dicom_serie
 missing slices, uneven spacing,        spacing of every slice against the first: :func:`check_dicom_geometry`
 mixed orientation or pixel spacing
 extreme size                           here, from the header, no pixel read (``max_dim``, ``max_voxels``)
+required key missing (``required_keys``) here (record structure)
+mask missing, unreadable, not one      here (``mask_keys``: e.g. lung masks read beside the image)
+channel, another shape than the image,
+NaN/Inf
 unreadable, truncated, not an image    :class:`medxai.data.io.LoadMedicalImage`
 wrong dimensionality, RGB, 4D, empty,  :class:`medxai.transforms.checks.CheckVolume`
 fewer than ``min_depth`` slices,
@@ -21,19 +25,31 @@ NaN/Inf, constant
 same patient (or image) in two splits  here, by ``patient_key`` (named by pseudonym) or by resolved image path
 =====================================  ===========================================================================
 
+Two splits that hold the very same records (k-fold cross-validation writes ``test`` = ``validation``) are one
+set named twice, not a leak: the later one is checked once, as an alias of the earlier.
+
+Cost: headers are read first (format, DICOM geometry, size bounds), so an oversized or malformed file is named
+without reading its pixels; the NaN/Inf, constant and label-range checks need the voxels, so every image, label
+map and mask is read once (the time is logged, per image).
+
 Every problem is kept as ``(split, case, problem)``; when there is any, one :class:`DatasetValidationError`
 (a :class:`~medxai.errors.DatasetError`) lists them all, one line each. Cases are named by their image's file
 name (:func:`medxai.data.datalist.case_name`), patients only by :func:`medxai.data.privacy.pseudonym`.
 
 :func:`validate_datalist` reads a datalist JSON (MONAI's decathlon format) or CSV first, collecting malformed
-entries the same way, so a bundle's ``initialize`` can check the file its ``train`` section will read::
+entries the same way, so a bundle's ``initialize`` can check the file its ``train`` section will read. Every
+bundle's ``train.json`` (and ``multi_gpu_train.json``, on every rank) does::
 
+    "validate_data": true,
+    "validate_data_args": {"splits": ["training", "validation"], "optional_splits": ["test"],
+                           "label_key": "@label_key", "num_classes": "@num_classes", "label_kind": "class",
+                           "expected_dims": 3, "min_depth": "@section_length", "patient_key": "patient_id",
+                           "check_hu": true, "loader_kwargs": {"orientation": "RAS"}},
     "initialize": ["$monai.utils.set_determinism(seed=@seed)",
-                   "$medxai.data.validate.validate_datalist(@datalist, ['training', 'validation'],
-                      optional_splits=['test'], label_key=@label_key, num_classes=@num_classes, expected_dims=3,
-                      min_depth=@section_length, patient_key='patient_id', check_hu=True)"]
+                   "$medxai.data.validate.validate_datalist(@datalist, enabled=@validate_data, **@validate_data_args)"]
 
-(one line in the JSON file; ``"$import medxai.data.validate"`` goes into ``imports``).
+(the CT MIL bundle's arguments; ``"$import medxai.data.validate"`` goes into ``imports``). ``--validate_data false``
+skips the check; ``--validate_data_args#check_images false`` reads no image but checks records, labels and splits.
 """
 
 from __future__ import annotations
@@ -43,12 +59,15 @@ import json
 import logging
 import math
 import re
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -79,6 +98,7 @@ __all__ = [
     "validate_dataset",
     "validate_datalist",
     "read_datalist_splits",
+    "as_switch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,11 +140,13 @@ class DatasetValidationError(DatasetError):
 
 @dataclass(frozen=True)
 class DatasetSummary:
-    """What a passing dataset holds: records per split, images read, and label counts per split."""
+    """What a passing dataset holds: records per split, images read (label maps and masks not counted), integer
+    label counts per split, and the seconds the check took (not compared)."""
 
     records: dict[str, int]
     images_checked: int
     label_counts: dict[str, dict[int, int]] = field(default_factory=dict)
+    seconds: float = field(default=0.0, compare=False)
 
 
 def check_dicom_geometry(files: Sequence[str | PathLike], tolerance: float = 1e-3) -> str | None:
@@ -238,11 +260,25 @@ class _Checker:
         max_dim: int,
         max_voxels: int,
         loader_kwargs: Mapping[str, Any] | None,
+        label_kind: str = "auto",
+        required_keys: Sequence[str] = (),
+        mask_keys: Sequence[str] = (),
+        optional_label_when: Mapping[str, Any] | None = None,
+        intensity_range: Sequence[float] | None = None,
     ) -> None:
+        if label_kind not in ("auto", "class", "map"):
+            raise DatasetError(f"label_kind must be 'auto', 'class' or 'map', got {label_kind!r}.")
         self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes
         self.check_images, self.max_dim, self.max_voxels = check_images, int(max_dim), int(max_voxels)
+        self.label_kind, self.required_keys, self.mask_keys = label_kind, list(required_keys), list(mask_keys)
+        self.optional_label_when = {
+            str(k): {str(v)} if isinstance(v, str) else {str(x) for x in v}
+            for k, v in dict(optional_label_when or {}).items()
+        }  # fmt: skip
         self.loader = LoadMedicalImage(**dict(loader_kwargs or {}))
         hu = {} if check_hu else {"min_max_hu": None, "max_min_hu": None, "hu_limits": None}
+        if intensity_range is not None:
+            hu["hu_limits"] = (float(intensity_range[0]), float(intensity_range[1]))
         self.volume_check = CheckVolume(
             min_slices=min_depth if expected_dims >= 3 else 1,
             expected_ndim=expected_dims + 1,
@@ -259,15 +295,25 @@ class _Checker:
         problems: list[str] = []
         if self.image_key not in record or record[self.image_key] in (None, "", []):
             problems.append(f"the record has no '{self.image_key}'.")
+        missing = [k for k in (*self.required_keys, *self.mask_keys) if k not in record or record[k] in (None, "")]
+        problems.extend(f"the record has no '{k}'." for k in missing)
         label, spatial = None, None
-        if self.check_images and not problems:
+        if self.check_images and self.image_key in record and record[self.image_key] not in (None, "", []):
             spatial = self.image(record[self.image_key], problems)
         if self.label_key is not None:
-            if self.label_key not in record:
-                problems.append(f"the record has no label '{self.label_key}'.")
-            else:
+            if self.label_key in record:
                 label = self.label(record[self.label_key], spatial, problems)
+            elif not self._label_optional(record):
+                problems.append(f"the record has no label '{self.label_key}'.")
+        if self.check_images:
+            for key in self.mask_keys:
+                if key not in missing:
+                    self.mask(key, record[key], spatial, problems)
         return problems, label
+
+    def _label_optional(self, record: Mapping[str, Any]) -> bool:
+        """Whether the record may lack its label (unlabelled data of semi-supervised training)."""
+        return any(str(record.get(k)) in values for k, values in self.optional_label_when.items() if k in record)
 
     def image(self, path: Any, problems: list[str]) -> tuple[int, ...] | None:
         """Check one image; append problems; return its spatial shape when it loaded and passed."""
@@ -295,7 +341,11 @@ class _Checker:
 
     def label(self, value: Any, spatial: tuple[int, ...] | None, problems: list[str]) -> int | None:
         """Check an integer class label, or a label map file against the class range and the image's shape."""
-        if isinstance(value, PathLike) or (isinstance(value, str) and _looks_like_path(value)):
+        is_path = isinstance(value, PathLike) or (isinstance(value, str) and _looks_like_path(value))
+        if self.label_kind == "map" and not (is_path or isinstance(value, str)):
+            problems.append(f"label '{self.label_key}' = {value!r} is not the path of a label map.")
+            return None
+        if self.label_kind == "map" or (is_path and self.label_kind == "auto"):
             if self.check_images:
                 self.label_map(value, spatial, problems)
             return None
@@ -310,17 +360,67 @@ class _Checker:
         return int(value)
 
     def label_map(self, path: Any, spatial: tuple[int, ...] | None, problems: list[str]) -> None:
+        self._companion("label map", path, spatial, problems, class_check=True)
+
+    def mask(self, key: str, path: Any, spatial: tuple[int, ...] | None, problems: list[str]) -> None:
+        """Check a mask read beside the image (e.g. a lung mask): readable, one channel, finite, same shape."""
+        self._companion(f"mask '{key}'", path, spatial, problems, class_check=False)
+
+    def _companion(
+        self, what: str, path: Any, spatial: tuple[int, ...] | None, problems: list[str], class_check: bool
+    ) -> None:
+        """Load a label map or mask; append its problems (named ``what`` and its file name)."""
+        name = f"{what} {Path(str(path)).name}"
         try:
             label_map = self.loader(path)
-            if self.label_map_check is not None:
+            shape = tuple(int(s) for s in label_map.shape)
+            if shape[0] != 1:
+                problems.append(f"{name} has {shape[0]} channels, shape {shape}, where 1 is expected.")
+                return
+            if math.prod(shape) == 0:
+                problems.append(f"{name} is empty: shape {shape}.")
+                return
+            values = label_map.as_tensor() if hasattr(label_map, "as_tensor") else label_map
+            if values.is_floating_point() and not bool(values.isfinite().all()):
+                problems.append(f"{name} holds {int((~values.isfinite()).sum())} NaN or infinite value(s).")
+                return
+            if class_check and self.label_map_check is not None:
                 self.label_map_check({"label": label_map})
-            if spatial is not None and tuple(label_map.shape[1:]) != spatial:
-                problems.append(
-                    f"label map {Path(str(path)).name} has spatial shape {tuple(label_map.shape[1:])}, "
-                    f"the image {spatial}."
-                )
+            if spatial is not None and shape[1:] != spatial:
+                problems.append(f"{name} has spatial shape {shape[1:]}, the image {spatial}.")
         except Exception as exc:  # reported as this case's problem
-            problems.append(f"label map {Path(str(path)).name}: {_message(exc)}")
+            problems.append(f"{name}: {_message(exc)}")
+
+
+class _CheckerPool:
+    """One :class:`_Checker` per thread (readers keep state), and the records checked with ``num_workers`` threads."""
+
+    def __init__(self, settings: tuple) -> None:
+        self.settings = settings
+        self.checkers: list[_Checker] = [_Checker(*settings)]  # built now: a bad setting fails before any thread
+        self._owner = threading.current_thread()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _checker(self) -> _Checker:
+        if threading.current_thread() is self._owner:
+            return self.checkers[0]
+        checker = getattr(self._local, "checker", None)
+        if checker is None:
+            checker = self._local.checker = _Checker(*self.settings)
+            with self._lock:
+                self.checkers.append(checker)
+        return checker
+
+    def map(self, records: Sequence[Any], num_workers: int) -> list[tuple[list[str], int | None]]:
+        if int(num_workers) <= 0 or len(records) < 2:
+            return [self._checker().record(r) for r in records]
+        with ThreadPoolExecutor(max_workers=int(num_workers), thread_name_prefix="medxai-validate") as executor:
+            return list(executor.map(lambda r: self._checker().record(r), records))
+
+    @property
+    def images_checked(self) -> int:
+        return sum(c.images_checked for c in self.checkers)
 
 
 def validate_dataset(
@@ -338,6 +438,12 @@ def validate_dataset(
     max_dim: int = MAX_DIM,
     max_voxels: int = MAX_VOXELS,
     loader_kwargs: Mapping[str, Any] | None = None,
+    label_kind: Literal["auto", "class", "map"] = "auto",
+    required_keys: Sequence[str] = (),
+    mask_keys: Sequence[str] = (),
+    optional_label_when: Mapping[str, Any] | None = None,
+    intensity_range: Sequence[float] | None = None,
+    num_workers: int = 0,
     extra_problems: Sequence[Problem] = (),
 ) -> DatasetSummary:
     """Run every check over every record of every split; raise one error listing all problems.
@@ -370,7 +476,26 @@ def validate_dataset(
     max_dim, max_voxels
         Size bounds checked from the header before pixels are read.
     loader_kwargs
-        Arguments of :class:`~medxai.data.io.LoadMedicalImage` (e.g. ``{"grayscale": True}``).
+        Arguments of :class:`~medxai.data.io.LoadMedicalImage` (e.g. ``{"grayscale": True}``, or
+        ``{"orientation": "RAS"}`` so that ``min_depth`` counts the slices the pipeline will see).
+    label_kind
+        ``"class"``: labels must be integer class indices; ``"map"``: paths of label maps (segmentation), read
+        and checked against ``[0, num_classes)`` and the image's shape; ``"auto"``: decided by each value.
+    required_keys
+        Other keys every record must have (e.g. ``["thickness"]`` that a bundle selects records by).
+    mask_keys
+        Keys of masks read beside the image (e.g. ``["lung_mask"]``): each must exist, load, have one channel,
+        hold finite values and have the image's spatial shape. Their values are not class-checked (a bundle
+        that binarises them accepts any finite value).
+    optional_label_when
+        Record key -> value(s) for which the label may be absent, e.g. ``{"thickness": "thin"}`` for the
+        unlabelled volumes of semi-supervised training. A label that is present is still checked.
+    intensity_range
+        ``(low, high)``: every voxel must lie in it (e.g. ``[0, 255]`` for 8-bit slices); ``None`` skips, unless
+        ``check_hu`` applies the int16 Hounsfield-unit limits.
+    num_workers
+        Threads that check records in parallel (reading and decompressing images releases the GIL); ``0``
+        checks in this thread. The problems come out in record order either way.
     extra_problems
         Problems found earlier (malformed datalist entries) to report together with these.
 
@@ -386,22 +511,32 @@ def validate_dataset(
     """
     if not records_by_split:
         raise DatasetError("no split to check: records_by_split is empty.")
-    checker = _Checker(
+    start = time.perf_counter()
+    check_images, check_hu = as_switch(check_images, "check_images"), as_switch(check_hu, "check_hu")
+    settings = (
         image_key, label_key, num_classes, expected_dims, min_depth, expected_channels, check_hu, check_images,
-        max_dim, max_voxels, loader_kwargs,
+        max_dim, max_voxels, loader_kwargs, label_kind, required_keys, mask_keys, optional_label_when,
+        intensity_range,
     )  # fmt: skip
+    pool = _CheckerPool(settings)
     problems = list(extra_problems)
     owners: dict[str, list[tuple[str, str]]] = defaultdict(list)
     label_counts: dict[str, dict[int, int]] = {}
     n_records = 0
+    checked: dict[str, Sequence[Any]] = {}
     for split, records in records_by_split.items():
+        alias = next((s for s, r in checked.items() if records and list(r) == list(records)), None)
+        if alias is not None:  # the same records under another name (cross-validation: test = validation)
+            logger.info("split '%s' holds the same records as '%s': checked once.", split, alias)
+            label_counts[split] = label_counts[alias]
+            continue
+        checked[split] = records
         counts: dict[int, int] = defaultdict(int)
         if not records:
             problems.append(Problem(split, "-", "the split holds no records."))
-        for i, record in enumerate(records):
+        for i, (record, (found, label)) in enumerate(zip(records, pool.map(records, num_workers))):
             n_records += 1
             name = case_name(record, i) if isinstance(record, Mapping) else f"record {i}"
-            found, label = checker.record(record)
             problems.extend(Problem(split, name, p) for p in found)
             if label is not None:
                 counts[label] += 1
@@ -412,12 +547,18 @@ def validate_dataset(
     problems.extend(_cross_split_duplicates(owners, patient_key))
     if problems:
         raise DatasetValidationError(problems, n_records)
+    seconds = time.perf_counter() - start
     summary = DatasetSummary(
         records={s: len(r) for s, r in records_by_split.items()},
-        images_checked=checker.images_checked,
+        images_checked=pool.images_checked,
         label_counts=label_counts,
+        seconds=seconds,
     )
-    logger.info("dataset check passed: %s records, %d images read.", summary.records, summary.images_checked)
+    logger.info(
+        "dataset check passed: %s records, %d images read in %.1f s (%.0f ms per image, label maps and masks "
+        "included).",
+        summary.records, summary.images_checked, seconds, 1000 * seconds / max(summary.images_checked, 1),
+    )  # fmt: skip
     return summary
 
 
@@ -539,18 +680,47 @@ def _read_csv(
     return records
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "none", "")
+
+
+def as_switch(value: Any, name: str = "validate_data") -> bool:
+    """A config switch as a bool: ``True``/``False``, or the strings a command line gives (``--validate_data false``
+    arrives as the string ``"false"``, which Python would take as true).
+
+    Raises
+    ------
+    DatasetError
+        For any other value, naming it.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    if value is None:
+        return False
+    raise DatasetError(f"{name} must be true or false, got {value!r}.")
+
+
 def validate_datalist(
     datalist: str | PathLike,
     splits: Sequence[str] = ("training", "validation"),
     *,
     base_dir: str | PathLike | None = None,
     optional_splits: Sequence[str] = (),
+    enabled: bool | str = True,
     **kwargs: Any,
-) -> DatasetSummary:
+) -> DatasetSummary | None:
     """:func:`read_datalist_splits`, then :func:`validate_dataset` (``kwargs``) on the splits, in one report.
 
     The call a bundle's ``initialize`` makes, so training never starts on a dataset that would fail later.
+    ``enabled`` (a bundle's ``validate_data``, see :func:`as_switch`) false skips everything and returns ``None``.
     """
+    if not as_switch(enabled):
+        logger.info("dataset check skipped (validate_data is false).")
+        return None
     records, problems = read_datalist_splits(datalist, splits, base_dir=base_dir, optional_splits=optional_splits)
     if not records:
         raise DatasetValidationError(problems, 0)

@@ -16,7 +16,14 @@ from medxai.engines.handlers import (
     output_maps,
 )
 from medxai.engines.precision import amp_enabled, network_to, on_cuda
-from medxai.engines.resume import BestMetricState, KeyMetricState, ResumableTraining, RngStates
+from medxai.engines.resume import (
+    AtomicCheckpointSaver,
+    BestMetricState,
+    KeyMetricState,
+    ResumableTraining,
+    RngStates,
+    make_atomic,
+)
 from medxai.engines.segmentation import LatentSpaceHandler, SliceDiceHandler
 from medxai.engines.snapshots import (
     SnapshotSelector,
@@ -50,6 +57,8 @@ __all__ = [
     "handlers_for_rank",
     "RANK_ZERO_ONLY",
     "ResumableTraining",
+    "AtomicCheckpointSaver",
+    "make_atomic",
     "RngStates",
     "KeyMetricState",
     "BestMetricState",

@@ -14,11 +14,18 @@ bundle's ``explain.json``):
 
 Case names come from the image file names (:func:`medxai.engines.handlers.case_name_of`, optionally
 pseudonymised), never from patient fields of the datalist.
+
+Long explanation jobs are fault tolerant and resumable (:class:`CaseProgress`): a case whose explanation
+fails with a data problem (a :data:`medxai.data.fault_tolerant.CASE_ERRORS` error) is recorded in the run's
+errors file with its name and reason and the job goes on; a case whose JSON (written last, atomically) is on
+disk from an earlier run with the same settings, network weights and input is not recomputed.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,23 +38,35 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
-from PIL import Image
 from skimage.segmentation import find_boundaries
 
+from medxai.data.fault_tolerant import (
+    CASE_ERRORS,
+    BadCase,
+    BadCaseLog,
+    as_bad_case_log,
+    case_source,
+    describe_case_error,
+    find_case_error,
+)
 from medxai.engines.case_metrics import _PerCaseHandler
 from medxai.engines.handlers import _as_items, _label_index, case_name_of
 from medxai.engines.inferers import unwrap_network
-from medxai.errors import InputError
+from medxai.errors import DatasetError, InputError
 from medxai.explain.embedding import embed, plot_embedding
 from medxai.explain.perturbation import batched_forward, model_device
 from medxai.explain import create_explainer
 from medxai.explain.superpixels import SlicSuperpixels, SuperpixelExplainer, SuperpixelExplanation
-from medxai.explain.writers import check_case_name, render_overlay, save_json
+from medxai.explain.writers import check_case_name, render_overlay, save_json, save_png, to_jsonable
 from medxai.networks.slice_scorer import SliceScorer
 
 __all__ = [
     "SuperpixelExplanationHandler",
     "FeatureEmbeddingHandler",
+    "CaseProgress",
+    "CaseCounts",
+    "tensor_digest",
+    "network_digest",
     "top_scoring_slices",
     "even_slices",
     "superpixel_summary",
@@ -62,6 +81,143 @@ def _tensor(value: Any) -> torch.Tensor:
     """A plain float tensor on the CPU from a (Meta)Tensor or array."""
     tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     return tensor.as_subclass(torch.Tensor).detach().float().cpu()
+
+
+def tensor_digest(*values: Any) -> str:
+    """SHA-256 (hex) of tensors/arrays (``None`` allowed): dtype, shape and bytes of each, in order.
+
+    Identical inputs give the same digest on every run; it tells a resumed job whether a case's stored
+    explanation was made from the same data.
+    """
+    digest = hashlib.sha256()
+    for value in values:
+        if value is None:
+            digest.update(b"none;")
+            continue
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+        array = tensor.as_subclass(torch.Tensor).detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def network_digest(module: nn.Module) -> str:
+    """SHA-256 (hex) of a network's state dict (names, dtypes, shapes and values of parameters and buffers):
+    a resumed job reuses explanations only of the weights that made them."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode() + b"=")
+        digest.update(tensor_digest(value).encode() if isinstance(value, torch.Tensor) else repr(value).encode())
+    return digest.hexdigest()
+
+
+def _plain_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples become lists, numpy scalars numbers, ...)."""
+    return json.loads(json.dumps(to_jsonable(value)))
+
+
+class CaseProgress:
+    """Book-keeping of a per-case explanation handler: failed cases (recorded, job goes on), reused cases.
+
+    Parameters
+    ----------
+    owner
+        Name of the handler in log lines.
+    bad_case_log
+        A :class:`~medxai.data.fault_tolerant.BadCaseLog` (shared with the run's loaders), a path for a log of
+        its own, or ``None`` (failures are only logged and kept in :attr:`failed`).
+    skip_failed_cases
+        ``False``: a case error propagates and stops the run (the behaviour before fault tolerance).
+    case_errors
+        Exception types (searched along the ``__cause__`` chain) that mark a data problem of the case; any
+        other exception is a programming error and propagates.
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        bad_case_log: BadCaseLog | str | Path | None = None,
+        skip_failed_cases: bool = True,
+        case_errors: Sequence[type[BaseException]] = CASE_ERRORS,
+    ) -> None:
+        self.owner = owner
+        self.bad_case_log = as_bad_case_log(bad_case_log)
+        self._source = None if self.bad_case_log is None else self.bad_case_log.new_source("explanation")
+        self.skip_failed_cases = bool(skip_failed_cases)
+        self.case_errors = tuple(case_errors)
+        self.logger = logging.getLogger(__name__)
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counts (at the start of an epoch)."""
+        self.computed = 0
+        self.reused = 0
+        self.failed: list[BadCase] = []
+
+    def check(self, exc: BaseException) -> BaseException:
+        """The case error inside ``exc`` (see :func:`~medxai.data.fault_tolerant.find_case_error`); ``exc`` itself
+        is re-raised when it is a programming error or skipping is off. Call it inside the ``except`` block."""
+        cause = find_case_error(exc, self.case_errors)
+        if cause is None or not self.skip_failed_cases:
+            raise exc
+        return cause
+
+    def failure(self, exc: BaseException, name: str, source: str | None = None) -> None:
+        """Record case ``name``'s error ``exc`` if it is a case error (and skipping is on), else re-raise it.
+
+        The message is one line; ``source`` (the case's file) and its file name are replaced by ``name`` in it.
+        Call it from inside the ``except`` block.
+        """
+        cause = self.check(exc)
+        message = describe_case_error(cause, name, source)
+        self.failed.append(BadCase(index=len(self.failed), case=name, error=message))
+        self.logger.warning("%s: case %s failed, skipped: %s", self.owner, name, message)
+        if self.bad_case_log is not None:
+            self.bad_case_log.add(self._source, name, message)
+
+    def summarize(self, _engine: Engine | None = None) -> None:
+        """Log the counts; raise :class:`~medxai.errors.DatasetError` when every case failed."""
+        where = f" (listed in {self.bad_case_log.path})" if self.bad_case_log is not None else ""
+        self.logger.info(
+            "%s: %d case(s) computed, %d reused from an earlier run with the same settings, %d failed%s.",
+            self.owner, self.computed, self.reused, len(self.failed), where if self.failed else "",
+        )  # fmt: skip
+        if self.failed and self.computed + self.reused == 0:
+            first = self.failed[0]
+            raise DatasetError(
+                f"{self.owner}: all {len(self.failed)} case(s) failed, nothing explained; first: {first.case}: "
+                f"{first.error}"
+            )
+
+
+class CaseCounts:
+    """The counts of a handler's :class:`CaseProgress` (``self.progress``) as properties."""
+
+    progress: CaseProgress
+
+    @property
+    def cases_reused(self) -> int:
+        """Cases of the current epoch taken from an earlier run's outputs."""
+        return self.progress.reused
+
+    @property
+    def cases_computed(self) -> int:
+        """Cases of the current epoch explained in this run."""
+        return self.progress.computed
+
+    @property
+    def failed_cases(self) -> list[BadCase]:
+        """Cases of the current epoch whose explanation failed, with the reason."""
+        return list(self.progress.failed)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when it is absent or unreadable (then the case is recomputed)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _batch_items(engine: Engine) -> list[Mapping[str, Any]]:
@@ -178,7 +334,7 @@ def superpixel_summary(
     return weights.tolist(), areas.tolist(), top
 
 
-class SuperpixelExplanationHandler:
+class SuperpixelExplanationHandler(CaseCounts):
     """LIME and Kernel SHAP on superpixels of each case's most suspicious slices (seed 000 Figs. 3-4).
 
     At every ITERATION_COMPLETED of an evaluator, for every case of ``engine.state.output`` (MONAI's
@@ -203,6 +359,14 @@ class SuperpixelExplanationHandler:
     The explainers are built once; the network is put in ``eval`` mode while explaining and restored
     afterwards (:func:`evaluation_mode`). The work is ``top_k * len(methods) * num_samples`` slice forward
     passes per case in batches of ``batch_size``: limit ``max_cases`` for large test sets.
+
+    Fault tolerance and resuming: a case whose explanation raises a case error (``InputError``, ... ; see
+    :class:`CaseProgress`) is logged, recorded in ``bad_case_log`` with its name and reason, and the next case
+    is explained. The JSON is written last and atomically, with a ``provenance`` entry (all settings, the
+    SHA-256 of the network's weights and of the case's input volume): with ``resume`` a case whose JSON and
+    overlays are on disk with the same provenance is not recomputed (``cases reused`` in the log at the end
+    of each epoch); any difference recomputes it. An evaluation in which every case failed ends with a
+    :class:`~medxai.errors.DatasetError`.
 
     Parameters
     ----------
@@ -243,6 +407,14 @@ class SuperpixelExplanationHandler:
         Replace file-name case names by :func:`medxai.data.privacy.pseudonym`.
     cmap, alpha, outline_color
         Overlay colour map, opacity and the RGB colour of the top superpixels' outlines.
+    resume
+        Reuse the complete outputs of an earlier run with the same provenance (default). ``False``:
+        recompute every case.
+    bad_case_log
+        Where failed cases are recorded: a :class:`~medxai.data.fault_tolerant.BadCaseLog` shared with the
+        run's data loader (``bad_cases.json`` of the output folder), a path, or ``None`` (logged only).
+    skip_failed_cases
+        ``False``: the first failing case stops the run.
     """
 
     def __init__(
@@ -268,6 +440,9 @@ class SuperpixelExplanationHandler:
         cmap: str = "jet",
         alpha: float = 0.5,
         outline_color: Sequence[int] = (255, 255, 0),
+        resume: bool = True,
+        bad_case_log: BadCaseLog | str | Path | None = None,
+        skip_failed_cases: bool = True,
     ) -> None:
         if network is None:
             raise InputError("SuperpixelExplanationHandler needs the evaluator's network (network=@network).")
@@ -305,6 +480,20 @@ class SuperpixelExplanationHandler:
         self.cmap = cmap
         self.alpha = float(alpha)
         self.outline_color = np.asarray(outline_color, dtype=np.uint8)
+        if not isinstance(resume, bool):  # a command-line "false" would otherwise be truthy
+            raise InputError(f"resume must be true or false, got {resume!r}.")
+        self.resume = resume
+        self.progress = CaseProgress(type(self).__name__, bad_case_log, skip_failed_cases)
+        self._settings = _plain_json({
+            "methods": self.methods, "top_k": self.top_k, "num_samples": self.num_samples,
+            "n_segments": self.n_segments, "segmenter_kwargs": dict(segmenter_kwargs or {}),
+            "class_index": self.class_index, "image_key": image_key, "scores_key": scores_key,
+            "batch_size": self.batch_size, "seed": self.seed, "baseline": baseline, "output": output,
+            "explainer_kwargs": {m: dict(v) for m, v in (explainer_kwargs or {}).items()},
+            "num_top_superpixels": self.num_top_superpixels, "cmap": cmap, "alpha": self.alpha,
+            "outline_color": self.outline_color.tolist(),
+        })  # fmt: skip
+        self._network_digest: str | None = None
         self.explainers: dict[str, SuperpixelExplainer] = {}
         for method in self.methods:
             kwargs: dict[str, Any] = dict(
@@ -328,26 +517,72 @@ class SuperpixelExplanationHandler:
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
-        """Reset the case count at EPOCH_STARTED and explain at every ITERATION_COMPLETED of ``engine``."""
+        """Reset the case count at EPOCH_STARTED, explain at every ITERATION_COMPLETED of ``engine`` and log the
+        counts of computed, reused and failed cases at EPOCH_COMPLETED."""
         if not engine.has_event_handler(self.reset, Events.EPOCH_STARTED):
             engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if not engine.has_event_handler(self.progress.summarize, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.progress.summarize)
 
     def reset(self, _engine: Engine | None = None) -> None:
         """Start counting cases (for ``max_cases`` and unnamed cases) from zero."""
         self.cases_done = 0
+        self.progress.reset()
+        self._network_digest = None  # the weights may have been (re)loaded since the last epoch
 
     def __call__(self, engine: Engine) -> None:
-        """Explain every case of the current iteration (up to ``max_cases`` per epoch)."""
+        """Explain every case of the current iteration (up to ``max_cases`` per epoch), reusing complete
+        outputs of an earlier run and recording failed cases."""
         for item, name in _cases(engine, self.image_key, self.pseudonymize):
             if self.max_cases is not None and self.cases_done >= self.max_cases:
                 return
             if name is None:  # unnamed cases are numbered per rank, so ranks never write the same folder
                 rank = "" if idist.get_world_size() == 1 else f"r{idist.get_rank()}-"
                 name = f"case-{rank}{self.cases_done:05d}"
-            self.explain_case(item, name)
+            try:
+                provenance = self.provenance(item, name)
+                if self.resume and self.completed_record(name, provenance) is not None:
+                    self.progress.reused += 1
+                else:
+                    self.explain_case(item, name, provenance)
+                    self.progress.computed += 1
+            except Exception as exc:
+                self.progress.failure(exc, name, case_source(item, self.image_key))
             self.cases_done += 1
+
+    def json_path(self, name: str) -> Path:
+        """``<output_dir>/<case>/<case>_superpixels.json``, written last: its presence marks a finished case."""
+        return self.output_dir / check_case_name(name) / f"{name}_superpixels.json"
+
+    def provenance(self, item: Mapping[str, Any], name: str) -> dict[str, Any]:
+        """What a case's explanation depends on: all settings, and SHA-256 of the network's weights and of the
+        case's input volume. A stored JSON is reused only when its ``provenance`` equals this."""
+        if self._network_digest is None:
+            self._network_digest = network_digest(self.network)
+        return {
+            "settings": self._settings,
+            "network_sha256": self._network_digest,
+            "input_sha256": tensor_digest(self._volume(item, name)),
+        }
+
+    def completed_record(self, name: str, provenance: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The stored JSON record of case ``name`` when it is complete (readable, every overlay PNG present)
+        and was made with ``provenance``; else ``None``."""
+        path = self.json_path(name)
+        record = _read_record(path)
+        if record is None or record.get("provenance") != _plain_json(provenance):
+            return None
+        methods = record.get("methods")
+        if not isinstance(methods, dict) or sorted(methods) != sorted(self.methods):
+            return None
+        for entries in methods.values():
+            for entry in entries if isinstance(entries, list) else [None]:
+                overlay = entry.get("overlay") if isinstance(entry, dict) else None
+                if not isinstance(overlay, str) or not (path.parent / overlay).is_file():
+                    return None
+        return record
 
     def _volume(self, item: Mapping[str, Any], name: str) -> torch.Tensor:
         if self.image_key not in item:
@@ -377,10 +612,20 @@ class SuperpixelExplanationHandler:
                                      batch_size=self.batch_size)
         return scores[:, 0].float().cpu()
 
-    def explain_case(self, item: Mapping[str, Any], name: str) -> dict[str, Any]:
-        """Explain the top slices of one case, write its PNGs and JSON, and return the JSON record."""
+    def explain_case(
+        self, item: Mapping[str, Any], name: str, provenance: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Explain the top slices of one case, write its PNGs and then its JSON, and return the JSON record.
+
+        An earlier JSON of the case is removed first, so a run killed while rewriting the PNGs never leaves
+        a JSON beside overlays it did not make.
+        """
         check_case_name(name)
         volume = self._volume(item, name)
+        provenance = self.provenance(item, name) if provenance is None else provenance
+        self.json_path(name).unlink(missing_ok=True)
+        for stale in self.json_path(name).parent.glob(f".{name}_*.tmp"):  # left by a job killed while writing
+            stale.unlink(missing_ok=True)
         scores = self.slice_scores(item, volume, name)
         slices = top_scoring_slices(scores, self.top_k)
         folder = self.output_dir / name
@@ -394,6 +639,7 @@ class SuperpixelExplanationHandler:
                 "output": self.output, "seed": self.seed,
             },
             "methods": {method: [] for method in self.methods},
+            "provenance": dict(provenance),
         }
         display_range = (float(volume.min()), float(volume.max()))
         with evaluation_mode(self.network):
@@ -447,10 +693,7 @@ class SuperpixelExplanationHandler:
         if top:
             labels = segments.cpu().numpy()
             rgb[find_boundaries(np.isin(labels, [t["label"] for t in top]), mode="inner")] = self.outline_color
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / filename
-        Image.fromarray(rgb).save(path, format="PNG")
-        return path
+        return save_png(rgb, folder / filename)
 
 
 class FeatureEmbeddingHandler(_PerCaseHandler):

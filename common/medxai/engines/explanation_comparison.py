@@ -9,10 +9,17 @@ larger for the map whose top pixels matter more (0.903 vs Grad-CAM 0.868 vs sali
 (the perturbation scoring itself is :func:`medxai.metrics.perturbation_curves.aoppc`), and adds the
 pointing game (Zhang et al. 2018) and the energy share inside the lesion mask (Score-CAM, Wang et al.
 2020) with the share a uniform map would get (the mask's share of the image) as chance level.
+
+Each explained case is also written on its own (``<output_dir>/comparison_cases/<case>_comparison.json``,
+atomically, with its provenance): a case that fails is recorded in the run's errors file and the job goes
+on, and a resumed job reuses the cases an earlier run finished instead of recomputing them, with cohort
+outputs equal to an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,14 +28,46 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medxai.engines.explain_handlers import _cases, _tensor, evaluation_mode
+from medxai.data.fault_tolerant import BadCaseLog, atomic_write, case_source
+from medxai.engines.explain_handlers import (
+    CaseCounts,
+    CaseProgress,
+    _cases,
+    _plain_json,
+    _read_record,
+    _tensor,
+    evaluation_mode,
+    network_digest,
+    tensor_digest,
+)
 from medxai.engines.handlers import _label_index
 from medxai.errors import InputError
-from medxai.explain.writers import to_jsonable
+from medxai.explain.writers import check_case_name, save_json, to_jsonable
 from medxai.metrics.localization import energy_pointing_game, pointing_game
 from medxai.metrics.perturbation_curves import PAPER_AOPPC_THRESHOLDS, aoppc
 
 __all__ = ["ExplanationComparisonHandler", "bootstrap_mean_ci"]
+
+#: Per-case values of one method, as in the CSV (NaN where undefined).
+_CASE_FIELDS = ("aoppc", "pointing", "energy_in_lesion", "lesion_fraction")
+CASES_FOLDER = "comparison_cases"
+
+
+def _describe(explainer: Any) -> dict[str, Any]:
+    """The type and the plain (str, number, bool, None, or lists of them) attributes of an explainer: what
+    the stored provenance compares, e.g. Grad-CAM's layer name."""
+    kind = type(explainer)
+    described: dict[str, Any] = {"type": f"{kind.__module__}.{getattr(explainer, '__qualname__', kind.__qualname__)}"}
+    plain = (str, int, float, bool, type(None))
+    for key, value in sorted(getattr(explainer, "__dict__", {}).items()):
+        if isinstance(value, plain) or (isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value)):
+            described[key] = value
+    return described
+
+
+def _number(value: Any) -> float:
+    """A stored number back as a float (``None``, JSON's stand-in for NaN, as NaN)."""
+    return float("nan") if value is None else float(value)
 
 
 def bootstrap_mean_ci(
@@ -55,7 +94,7 @@ def _summary(values: list[float], n_bootstrap: int, seed: int) -> dict[str, Any]
     }
 
 
-class ExplanationComparisonHandler:
+class ExplanationComparisonHandler(CaseCounts):
     """Perturbation curves, AOPPC and lesion localisation of several explainers over an evaluation.
 
     At every iteration the cases whose true class is ``target_class`` (seed 001: all COVID-19 images) are
@@ -70,7 +109,21 @@ class ExplanationComparisonHandler:
       cases with an empty mask are left out of all three) and ``energy_lift``, the per-case difference of
       the two (paired, so its interval says whether the map beats chance); ``n_cases`` and the settings;
     - ``explanation_comparison.csv``: one row per case and method (case, method, aoppc, pointing, energy);
-    - ``perturbation_curves.png``: the mean curves, as Fig. 13.
+    - ``perturbation_curves.png``: the mean curves, as Fig. 13;
+    - ``comparison_cases/<case>_comparison.json``: per explained case its target, per method the CSV values
+      and the curve, and its provenance (the settings, the explainers' plain attributes, SHA-256 of the
+      model's weights, of the case's image, masks and target, and of those of its batch), written
+      atomically once the batch is done.
+
+    A case that fails with a case error (a missing mask, an explainer's ``InputError``, ...; see
+    :class:`~medxai.engines.explain_handlers.CaseProgress`) is logged and recorded in ``bad_case_log`` and
+    left out; when a batch fails, its cases are explained one by one so only the failing ones are lost. With
+    ``resume`` (default) the cases of a batch are read back instead of explained when every one of them is
+    stored with the same provenance, which includes the inputs of the batch it was explained in (batched
+    convolutions are not bit-identical across batch compositions); otherwise the whole batch is explained
+    again. Read-back values enter the summaries exactly as computed ones (curves keep their dtype), so the
+    files at COMPLETED are byte-identical to an uninterrupted run's. The log says how many cases were
+    computed, reused and failed.
 
     Parameters
     ----------
@@ -101,6 +154,13 @@ class ExplanationComparisonHandler:
         Stop explaining after this many cases (``None``: all).
     n_bootstrap, seed
         Bootstrap resamples and seed of the intervals.
+    resume
+        Reuse the per-case results of an earlier run with the same provenance; ``False``: recompute all.
+    bad_case_log
+        A :class:`~medxai.data.fault_tolerant.BadCaseLog` shared with the run's data loaders, a path, or
+        ``None`` (failures are only logged).
+    skip_failed_cases
+        ``False``: the first failing case stops the run.
     """
 
     def __init__(
@@ -119,6 +179,9 @@ class ExplanationComparisonHandler:
         max_cases: int | None = None,
         n_bootstrap: int = 1000,
         seed: int = 0,
+        resume: bool = True,
+        bad_case_log: BadCaseLog | str | Path | None = None,
+        skip_failed_cases: bool = True,
     ) -> None:
         if not explainers:
             raise InputError("ExplanationComparisonHandler needs at least one explainer.")
@@ -141,6 +204,17 @@ class ExplanationComparisonHandler:
         self.curves: dict[str, list[np.ndarray]] = {name: [] for name in self.explainers}
         self.abscissa: list[float] = []
         self.num_cases = 0
+        if not isinstance(resume, bool):  # a command-line "false" would otherwise be truthy
+            raise InputError(f"resume must be true or false, got {resume!r}.")
+        self.resume = resume
+        self.progress = CaseProgress(type(self).__name__, bad_case_log, skip_failed_cases)
+        self._settings = _plain_json({
+            "explainers": {name: _describe(e) for name, e in self.explainers.items()},
+            "target_class": self.target_class, "image_key": image_key, "label_key": label_key,
+            "lesion_key": lesion_key, "region_key": region_key, "thresholds": list(self.thresholds),
+            "baseline": self.baseline,
+        })  # fmt: skip
+        self._model_digest: str | None = None
 
     def attach(self, engine: Engine) -> None:
         """Explain at every ITERATION_COMPLETED, write the files at COMPLETED."""
@@ -151,34 +225,42 @@ class ExplanationComparisonHandler:
     def _reset(self, engine: Engine) -> None:
         self.rows, self.num_cases = [], 0
         self.curves = {name: [] for name in self.explainers}
+        self.progress.reset()
+        self._model_digest = None  # CheckpointLoader may have loaded new weights
 
-    def _collect(self, engine: Engine) -> None:
-        model = self.model if self.model is not None else engine.network
-        device = next(model.parameters()).device
-        chosen, images, targets, lesions, regions = [], [], [], [], []
-        for item, case in _cases(engine, self.image_key, pseudonymize=False):
-            if self.max_cases is not None and self.num_cases + len(chosen) >= self.max_cases:
-                break
-            label = _label_index(item.get(self.label_key), f"case {case}: '{self.label_key}'")
-            if self.target_class is not None and label != self.target_class:
-                continue
-            if self.image_key not in item:
-                raise InputError(f"case {case}: the input '{self.image_key}' is missing from the evaluator's data.")
-            chosen.append(case or f"case-{self.num_cases + len(chosen)}")
-            images.append(_tensor(item[self.image_key]))
-            targets.append(label if self.target_class is None else self.target_class)
-            if self.lesion_key is not None:
-                if item.get(self.lesion_key) is None:
-                    raise InputError(f"case {case}: lesion mask '{self.lesion_key}' is missing.")
-                lesions.append((_tensor(item[self.lesion_key]) > 0).float())
-            if self.region_key is not None:
-                if item.get(self.region_key) is None:
-                    raise InputError(f"case {case}: region mask '{self.region_key}' is missing.")
-                regions.append((_tensor(item[self.region_key]) > 0).float())
-        if not chosen:
-            return
+    def case_path(self, case: str) -> Path:
+        """``<output_dir>/comparison_cases/<case>_comparison.json``."""
+        return self.output_dir / CASES_FOLDER / f"{check_case_name(case)}_comparison.json"
+
+    def _stored(self, case: str, provenance: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The stored result of ``case`` when complete and made with ``provenance``, else ``None``."""
+        record = _read_record(self.case_path(case))
+        if record is None or record.get("provenance") != _plain_json(provenance):
+            return None
+        methods = record.get("methods")
+        if not isinstance(methods, dict) or sorted(methods) != sorted(self.explainers):
+            return None
+        if not all(isinstance(m, dict) and isinstance(m.get("curve"), list) for m in methods.values()):
+            return None
+        return record
+
+    def _explain(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        cases: list[str],
+        images: list[torch.Tensor],
+        targets: list[int],
+        lesions: list[torch.Tensor],
+        regions: list[torch.Tensor],
+    ) -> list[dict[str, Any]]:
+        """Explain a batch of cases with every method: one result per case (target, per method the CSV values
+        and the curve (T,) in its dtype)."""
         x = torch.stack(images).to(device)
         target = torch.as_tensor(targets)
+        results: list[dict[str, Any]] = [
+            {"case": case, "target": int(targets[i]), "x": [], "methods": {}} for i, case in enumerate(cases)
+        ]
         with evaluation_mode(model):
             for name, explainer in self.explainers.items():
                 maps = explainer(x, target).detach()
@@ -189,9 +271,9 @@ class ExplanationComparisonHandler:
                 if regions:
                     maps = maps * torch.stack(regions).to(maps.device)
                 curve = aoppc(model, x, maps, target.to(device), self.thresholds, self.baseline)
-                self.abscissa = [round(float(v), 6) for v in curve.x]
-                self.curves[name].append(curve.probabilities.detach().cpu().numpy())
-                points = energy = coverage = [float("nan")] * len(chosen)
+                abscissa = [round(float(v), 6) for v in curve.x]
+                probabilities = curve.probabilities.detach().cpu().numpy()
+                points = energy = coverage = [float("nan")] * len(cases)
                 if lesions:
                     masks = torch.stack(lesions)
                     cpu_maps = maps.float().cpu()
@@ -202,19 +284,141 @@ class ExplanationComparisonHandler:
                     area = torch.stack(regions).flatten(1) if regions else torch.ones_like(masks.flatten(1))
                     share = (masks.flatten(1) * area).sum(1) / area.sum(1).clamp(min=1)
                     coverage = torch.where(share > 0, share, torch.nan).tolist()
-                for i, case in enumerate(chosen):
-                    self.rows.append(
-                        {
-                            "case": case,
-                            "method": name,
-                            "target": int(targets[i]),
-                            "aoppc": float(curve.score[i]),
-                            "pointing": points[i],
-                            "energy_in_lesion": energy[i],
-                            "lesion_fraction": coverage[i],
-                        }
-                    )
-        self.num_cases += len(chosen)
+                for i, result in enumerate(results):
+                    result["x"] = abscissa
+                    result["methods"][name] = {
+                        "aoppc": float(curve.score[i]),
+                        "pointing": points[i],
+                        "energy_in_lesion": energy[i],
+                        "lesion_fraction": coverage[i],
+                        "curve": probabilities[i],
+                    }
+        return results
+
+    def _save_case(self, result: dict[str, Any], provenance: Mapping[str, Any]) -> None:
+        """Write one case's result last and atomically: its presence marks the case as done."""
+        curves = {name: entry["curve"] for name, entry in result["methods"].items()}
+        record = {
+            **{k: v for k, v in result.items() if k != "methods"},
+            "methods": {name: {k: v for k, v in entry.items() if k != "curve"} | {"curve": curves[name].tolist()}
+                        for name, entry in result["methods"].items()},
+            "curve_dtype": {name: str(curve.dtype) for name, curve in curves.items()},
+            "provenance": provenance,
+        }  # fmt: skip
+        save_json(record, self.output_dir / CASES_FOLDER, result["case"], suffix="_comparison")
+
+    @staticmethod
+    def _from_record(record: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored case back as :meth:`_explain` returns it (NaN restored, curves in their stored dtype)."""
+        dtypes = record.get("curve_dtype", {})
+        return {
+            "case": record["case"],
+            "target": int(record["target"]),
+            "x": list(record["x"]),
+            "methods": {
+                name: {**{f: _number(entry.get(f)) for f in _CASE_FIELDS},
+                       "curve": np.asarray([_number(v) for v in entry["curve"]], dtype=dtypes.get(name, "float64"))}
+                for name, entry in record["methods"].items()
+            },
+        }  # fmt: skip
+
+    def _collect(self, engine: Engine) -> None:
+        model = self.model if self.model is not None else engine.network
+        device = next(model.parameters()).device
+        chosen, sources, images, targets, lesions, regions = [], [], [], [], [], []
+        for item, case in _cases(engine, self.image_key, pseudonymize=False):
+            if self.max_cases is not None and self.num_cases + len(chosen) >= self.max_cases:
+                break
+            name = case or f"case-{self.num_cases + len(chosen)}"
+            try:
+                label = _label_index(item.get(self.label_key), f"case {name}: '{self.label_key}'")
+                if self.target_class is not None and label != self.target_class:
+                    continue
+                if self.image_key not in item:
+                    raise InputError(f"case {name}: the input '{self.image_key}' is missing from the evaluator's data.")
+                image = _tensor(item[self.image_key])
+                lesion = region = None
+                if self.lesion_key is not None:
+                    if item.get(self.lesion_key) is None:
+                        raise InputError(f"case {name}: lesion mask '{self.lesion_key}' is missing.")
+                    lesion = (_tensor(item[self.lesion_key]) > 0).float()
+                if self.region_key is not None:
+                    if item.get(self.region_key) is None:
+                        raise InputError(f"case {name}: region mask '{self.region_key}' is missing.")
+                    region = (_tensor(item[self.region_key]) > 0).float()
+            except Exception as exc:  # an unnamed case is numbered among the failed ones: never reused
+                failed_name = case or f"unnamed-{len(self.progress.failed)}"
+                self.progress.failure(exc, failed_name, case_source(item, self.image_key))
+                continue
+            chosen.append(name)
+            sources.append(case_source(item, self.image_key))
+            images.append(image)
+            targets.append(label if self.target_class is None else self.target_class)
+            if lesion is not None:
+                lesions.append(lesion)
+            if region is not None:
+                regions.append(region)
+        if not chosen:
+            return
+        if self._model_digest is None:
+            self._model_digest = network_digest(model)
+        inputs = [
+            tensor_digest(images[i], lesions[i] if lesions else None, regions[i] if regions else None,
+                          torch.tensor(targets[i]))
+            for i in range(len(chosen))
+        ]  # fmt: skip
+
+        def provenance(i: int, batch: list[int]) -> dict[str, Any]:
+            # the batch the case was explained in is part of it: batched convolutions are not bit-identical
+            # across batch compositions, and a reused value must equal what this run would compute
+            return {
+                "settings": self._settings,
+                "network_sha256": self._model_digest,
+                "input_sha256": inputs[i],
+                "batch_input_sha256": [inputs[j] for j in batch],
+            }
+
+        everyone = list(range(len(chosen)))
+        results: dict[int, dict[str, Any]] = {}
+        if self.resume:  # the batch as a unit: all its cases stored from this very batch, or recompute it
+            stored = [self._stored(case, provenance(i, everyone)) for i, case in enumerate(chosen)]
+            if all(record is not None for record in stored):
+                results = {i: self._from_record(record) for i, record in enumerate(stored)}
+                self.progress.reused += len(stored)
+
+        def explain(indices: list[int]) -> None:
+            computed = self._explain(
+                model, device, [chosen[i] for i in indices], [images[i] for i in indices],
+                [targets[i] for i in indices], [lesions[i] for i in indices] if lesions else [],
+                [regions[i] for i in indices] if regions else [],
+            )  # fmt: skip
+            for i, result in zip(indices, computed):
+                self._save_case(result, provenance(i, indices))
+                results[i] = result
+                self.progress.computed += 1
+
+        if not results:
+            try:
+                explain(everyone)
+            except Exception as exc:
+                if len(everyone) == 1:
+                    self.progress.failure(exc, chosen[0], sources[0])
+                else:
+                    self.progress.check(exc)  # a programming error propagates here
+                    for i in everyone:  # find the failing case(s): one by one
+                        try:
+                            explain([i])
+                        except Exception as single:
+                            self.progress.failure(single, chosen[i], sources[i])
+        kept = [i for i in range(len(chosen)) if i in results]
+        for name in self.explainers:  # rows method by method, as for a batch explained in one go
+            for i in kept:
+                entry = results[i]["methods"][name]
+                self.abscissa = list(results[i]["x"])
+                self.curves[name].append(np.asarray(entry["curve"])[None])
+                self.rows.append({"case": chosen[i], "method": name, "target": int(targets[i]),
+                                  **{f: entry[f] for f in _CASE_FIELDS}})  # fmt: skip
+        self.num_cases += len(kept)
 
     def results(self) -> dict[str, Any]:
         """The JSON content: per-method summaries (see the class docstring)."""
@@ -248,10 +452,9 @@ class ExplanationComparisonHandler:
         }
 
     def _write(self, engine: Engine) -> None:
+        self.progress.summarize()
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
             return
-        import json
-
         import matplotlib
 
         matplotlib.use("Agg")
@@ -259,12 +462,11 @@ class ExplanationComparisonHandler:
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         results = self.results()
-        (self.output_dir / "explanation_comparison.json").write_text(
-            json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n"
-        )
+        content = json.dumps(to_jsonable(results), indent=2, allow_nan=False)
+        atomic_write(self.output_dir / "explanation_comparison.json", content + "\n")
         fields = ["case", "method", "target", "aoppc", "pointing", "energy_in_lesion", "lesion_fraction"]
         lines = [",".join(fields)] + [",".join(f"{row[f]}" for f in fields) for row in self.rows]
-        (self.output_dir / "explanation_comparison.csv").write_text("\n".join(lines) + "\n")
+        atomic_write(self.output_dir / "explanation_comparison.csv", "\n".join(lines) + "\n")
         figure, axis = plt.subplots(figsize=(5, 4))
         for name, entry in results["methods"].items():
             if entry["mean_curve"] is not None:
@@ -274,5 +476,7 @@ class ExplanationComparisonHandler:
         axis.set_ylabel(f"probability of {results['target_class'] or 'the true class'}")
         axis.legend()
         figure.tight_layout()
-        figure.savefig(self.output_dir / "perturbation_curves.png", dpi=100)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
         plt.close(figure)
+        atomic_write(self.output_dir / "perturbation_curves.png", buffer.getvalue())

@@ -37,6 +37,7 @@ from monai.data import decollate_batch
 from monai.handlers.tensorboard_handlers import TensorBoardHandler
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
+from medxai.data.fault_tolerant import case_source
 from medxai.errors import InputError
 from medxai.explain.writers import render_overlay, top_slices
 from medxai.metrics.classification import (
@@ -293,21 +294,14 @@ def class_indices_from_engine(pred_key: str = "pred", label_key: str = "label") 
 def case_name_of(item: Mapping[str, Any], image_key: str = "image", pseudonymize: bool = False) -> str | None:
     """The case name of one decollated sample, named as the case writers name it
     (:func:`medxai.transforms.outputs.output_case_name`: a file's stem, a pseudonym for a DICOM series or an
-    unsafe name) from ``item[image_key]``'s MetaTensor ``filename_or_obj`` or ``item["<image_key>_meta_dict"]``;
-    ``None`` when neither is there. With ``pseudonymize``, every name is a pseudonym."""
-    source = None
-    image = item.get(image_key)
-    meta = getattr(image, "meta", None)
-    if isinstance(meta, Mapping):
-        source = meta.get("filename_or_obj")
-    meta_dict = item.get(f"{image_key}_meta_dict")
-    if not source and isinstance(meta_dict, Mapping):
-        source = meta_dict.get("filename_or_obj")
-    if isinstance(source, (list, tuple)):
-        source = source[0] if len(source) == 1 else None
-    if not source or not isinstance(source, (str, Path)):
-        return None
+    unsafe name) from the case's file (:func:`medxai.data.fault_tolerant.case_source`: ``item[image_key]`` when
+    it is a path, else its MetaTensor ``filename_or_obj`` or ``item["<image_key>_meta_dict"]``); ``None`` when
+    none is there. With ``pseudonymize``, every name is a pseudonym."""
     from medxai.transforms.outputs import output_case_name  # the case writers' naming: outputs share folders
+
+    source = case_source(item, image_key)
+    if source is None:
+        return None
 
     return output_case_name(source, pseudonymize)
 

@@ -17,15 +17,22 @@ it records the random number generators just before each epoch's iterator is mad
 epoch's recorded state, makes the iterator, draws and drops its first ``k`` batches (so the sampler and the
 augmentations consume exactly what they consumed before the kill), then puts back the state saved at the kill.
 
+Other checkpoints of the run: MONAI's ``CheckpointSaver`` writes in place (``DiskSaver(atomic=False)``), so a
+kill during a save of ``model.pt`` or a snapshot would leave a truncated file. The bundles use
+:class:`AtomicCheckpointSaver` instead; ``atomic_savers`` switches a plain MONAI saver of a user's own config
+(:func:`make_atomic`).
+
 Limits: the data loader must not use ``persistent_workers=True`` (its workers would not be re-seeded per epoch);
-a run whose state file says it is finished finishes at once (delete the file to train afresh).
+a run whose state file says it is finished finishes at once (delete the file to train afresh). Under
+``torchrun`` every rank loads the state rank 0 wrote (its random generators included), so the model and the
+optimiser go on exactly, while per-rank random augmentations continue from rank 0's generators.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +40,18 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointSaver
 
 from medxai.errors import InputError
 
-__all__ = ["ResumableTraining", "RngStates", "KeyMetricState", "BestMetricState"]
+__all__ = [
+    "ResumableTraining",
+    "RngStates",
+    "KeyMetricState",
+    "BestMetricState",
+    "make_atomic",
+    "AtomicCheckpointSaver",
+]
 
 
 def _randomizables(obj: Any, found: list[Any], seen: set[int]) -> list[Any]:
@@ -120,22 +135,28 @@ class RngStates:
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Put back states from :meth:`capture`; the numbers of transforms and loader generators must match."""
+    def restore(self, state: Mapping[str, Any], include_global: bool = True) -> None:
+        """Put back states from :meth:`capture`; the numbers of transforms and loader generators must match.
+
+        With ``include_global=False`` only the transforms' and the loader's own generators are put back, and
+        the global ``torch``/``numpy``/``random`` generators are left as they are.
+        """
         for name, have in (("transforms", self.transforms), ("generators", self.generators)):
             if len(state[name]) != len(have):
                 raise InputError(
                     f"the saved training state has random states for {len(state[name])} {name} of the training "
                     f"data loader, but this one has {len(have)}: the data pipeline changed since it was saved"
                 )
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(_numpy_tuple(state["numpy"]))
-        python = state["python"]
-        random.setstate((python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss"]))
         for transform, saved in zip(self.transforms, state["transforms"]):
             transform.R.set_state(_numpy_tuple(saved))
         for generator, saved in zip(self.generators, state["generators"]):
             generator.set_state(saved)
+        if not include_global:
+            return
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_tuple(state["numpy"]))
+        python = state["python"]
+        random.setstate((python["version"], tuple(int(v) for v in python["internal"].tolist()), python["gauss"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -178,6 +199,48 @@ class _PositionedLoader:
         return iterator
 
 
+def make_atomic(saver: Any) -> Any:
+    """Make a MONAI ``CheckpointSaver`` write every file atomically (a temporary file, then ``os.replace``).
+
+    MONAI gives its savers ``DiskSaver(atomic=False)`` (for the file mode; ignite's atomic save now adds group
+    and others read permission after the rename), so a kill during a save leaves a truncated ``model.pt`` or
+    snapshot. This switches the final, key-metric and interval savers of ``saver`` to ignite's atomic mode.
+
+    Parameters
+    ----------
+    saver
+        A ``monai.handlers.CheckpointSaver``.
+
+    Returns
+    -------
+    The same saver (for use inside config expressions).
+    """
+    checkpoints = [getattr(saver, name, None) for name in
+                   ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint")]  # fmt: skip
+    disk_savers = [c.save_handler for c in checkpoints if isinstance(c, Checkpoint)]
+    if not disk_savers or not all(isinstance(d, DiskSaver) for d in disk_savers):
+        raise InputError(
+            f"make_atomic needs a MONAI CheckpointSaver that saves to disk, got {type(saver).__name__}: check the "
+            f"handler index in resume.json against the handler list of train.json"
+        )
+    for disk_saver in disk_savers:
+        disk_saver._atomic = True
+    return saver
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing every file atomically (:func:`make_atomic`).
+
+    Takes exactly ``monai.handlers.CheckpointSaver``'s arguments. The bundles' ``train.json`` use it for the
+    best-model ``model.pt`` and the snapshot files, so a run killed during a save keeps the previous file whole
+    whether or not it is resumed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        make_atomic(self)
+
+
 class KeyMetricState:
     """The best-so-far list of a MONAI ``CheckpointSaver`` that keeps the best model by the key metric.
 
@@ -192,7 +255,12 @@ class KeyMetricState:
         self.checkpoint: Checkpoint = checkpoint
 
     def state_dict(self) -> dict[str, Any]:
-        return self.checkpoint.state_dict()
+        """The saver's ``Checkpoint`` state with its scores as Python numbers.
+
+        A metric such as MONAI's ``ROCAUC`` gives a ``numpy.float64`` score, which ``torch.load(...,
+        weights_only=True)`` refuses to read back.
+        """
+        return _plain(self.checkpoint.state_dict())
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.saver.load_state_dict(dict(state_dict))
@@ -228,6 +296,9 @@ class ResumableTraining:
         Save every this many iterations inside an epoch; the state is also saved after every epoch.
     filename
         Name of the state file in ``save_dir``.
+    atomic_savers
+        MONAI ``CheckpointSaver`` handlers of the run whose files are from now on written atomically too
+        (:func:`make_atomic`): the best-model saver, the snapshot saver.
     """
 
     def __init__(
@@ -236,12 +307,15 @@ class ResumableTraining:
         save_dict: Mapping[str, Any],
         save_interval: int = 1,
         filename: str = "last_state.pt",
+        atomic_savers: Sequence[Any] = (),
     ) -> None:
         if int(save_interval) < 1:
             raise InputError(f"save_interval must be a positive number of iterations, got {save_interval!r}")
         reserved = {"trainer", "scaler", "rng"} & set(save_dict)
         if reserved:
             raise InputError(f"save_dict may not name {sorted(reserved)}: ResumableTraining adds them itself")
+        for saver in atomic_savers:
+            make_atomic(saver)
         self.save_dir = Path(save_dir)
         self.save_dict = dict(save_dict)
         self.save_interval = int(save_interval)
@@ -318,6 +392,18 @@ class ResumableTraining:
             f"saved training state: iteration {engine.state.iteration}, "
             f"epoch {engine.state.epoch} batch {position}/{engine.state.epoch_length}"
         )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars turned into Python numbers, through dicts, lists and tuples."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return type(value)((key, _plain(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
 
 
 def _unwrapped(obj: Any) -> Any:

@@ -12,7 +12,7 @@ snapshot used for the decision visualisations with WeightWatcher.
 - :func:`cycle_length` and :func:`cyclic_cosine_scheduler` give eq. 1 as torch's
   ``CosineAnnealingWarmRestarts`` (``T_0 = ceil(T / C)``), stepped once per epoch, e.g. by MONAI's
   ``LrScheduleHandler(epoch_level=True)``.
-- Snapshots are written by MONAI's ``CheckpointSaver(save_dir=ckpt_dir, save_dict={"model": network},
+- Snapshots are written by a MONAI ``CheckpointSaver(save_dir=ckpt_dir, save_dict={"model": network},
   save_interval=cycle_length, epoch_level=True, n_saved=None, file_prefix="snapshot")``: ignite's
   ``Checkpoint`` names them ``snapshot_model_epoch=<N>.pt`` (``<file_prefix>_<save_dict key>_epoch=<N>.pt``)
   and, as ``save_dict`` holds one object, each file is that object's bare ``state_dict()`` (the module
@@ -23,7 +23,10 @@ snapshot used for the decision visualisations with WeightWatcher.
   trained).
 - :class:`SnapshotSelector` (an ignite handler, attached to the trainer's ``COMPLETED``) scores every
   snapshot by a validation metric or by WeightWatcher, saves the best as ``model.pt`` and writes a JSON
-  record of all scores.
+  record of all scores, each written atomically (a temporary file in the folder, then ``os.replace``).
+- MONAI's ``CheckpointSaver`` writes the snapshots in place; the bundle's ``train.json`` uses
+  :class:`medxai.engines.resume.AtomicCheckpointSaver` (the same saver writing atomically), so a kill during a
+  snapshot save leaves no truncated snapshot beside the whole earlier ones.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import stat
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -328,6 +334,23 @@ def _matching_state_dict(state: Mapping[str, Any], target: nn.Module) -> Mapping
     return state
 
 
+def _write_atomically(path: Path, write: Any) -> None:
+    """``write(handle)`` into a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``.
+
+    A kill or an error during the write leaves ``path`` as it was (the temporary file is removed on errors).
+    """
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.chmod(handle.name, os.stat(handle.name).st_mode | stat.S_IRGRP | stat.S_IROTH)  # as torch.save gives
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(handle.name)
+        raise
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -539,9 +562,9 @@ class SnapshotSelector:
             "output": self.output_name,
         }
         if _rank() == 0:
-            torch.save(state, self.ckpt_dir / self.output_name)
-            with open(self.ckpt_dir / self.record_name, "w") as handle:
-                json.dump(record, handle, indent=2)
+            _write_atomically(self.ckpt_dir / self.output_name, lambda handle: torch.save(state, handle))
+            text = json.dumps(record, indent=2).encode()
+            _write_atomically(self.ckpt_dir / self.record_name, lambda handle: handle.write(text))
         if distributed:
             dist.barrier()
         self.record = record

@@ -17,11 +17,20 @@ thick slices. Two schedules:
 batch entirely (Table 5's "L_S only": the thin loader is never read). The output dict holds the thick
 batch's ``image``, ``label`` and ``pred`` (so MONAI's handlers work unchanged), ``loss`` (the weighted
 total), ``loss_supervised`` (``L_S``) and ``loss_unsupervised`` (``L_T`` before weighting).
+
+The position in the thin loader is part of the trainer's ``state_dict()`` (key ``"unlabeled"``): the number of
+passes begun, the batches drawn from the current pass, and the random generators (global ones, the thin
+loader's and its transforms') just before the pass's iterator was made and now. ``load_state_dict`` rebuilds
+that iterator exactly: it puts back the pass-start generators, makes the iterator, draws and drops the batches
+already used, then puts back the thin transforms' and loader's generators of the save (the global ones are
+left to :class:`medxai.engines.resume.ResumableTraining`). A resumed run so sees the same thin batches, with
+the same random crops and augmentations, as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +38,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from medxai.engines.resume import RngStates
 from medxai.errors import InputError
 
 __all__ = ["ThickThinTrainer"]
@@ -84,18 +94,58 @@ class ThickThinTrainer(SupervisedTrainer):
         self.image_key = image_key
         self._unlabeled_iterator: Iterator | None = None
         self._unlabeled_passes = 0
+        self._unlabeled_drawn = 0
+        self._unlabeled_rng = RngStates(unlabeled_data_loader)
+        self._unlabeled_start: dict[str, Any] | None = None
+
+    def state_dict(self) -> OrderedDict:
+        """ignite's trainer state plus ``"unlabeled"``: the position in the thin loader (see the module notes)."""
+        state = super().state_dict()
+        state["unlabeled"] = {
+            "passes": self._unlabeled_passes,
+            "drawn": self._unlabeled_drawn if self._unlabeled_iterator is not None else 0,
+            "pass_start": self._unlabeled_start if self._unlabeled_iterator is not None else None,
+            "current": self._unlabeled_rng.capture(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Load ignite's trainer state and rebuild the thin loader's iterator at the saved position."""
+        state = dict(state_dict)
+        unlabeled = state.pop("unlabeled", None)
+        super().load_state_dict(state)
+        if unlabeled is None:
+            return
+        self._unlabeled_passes = int(unlabeled["passes"])
+        self._unlabeled_iterator, self._unlabeled_drawn, self._unlabeled_start = None, 0, None
+        if unlabeled["pass_start"] is not None:
+            now = self._unlabeled_rng.capture()
+            self._unlabeled_rng.restore(unlabeled["pass_start"])
+            self._unlabeled_start = unlabeled["pass_start"]
+            self._unlabeled_iterator = self._new_unlabeled_iterator(self._unlabeled_passes - 1)
+            for _ in range(int(unlabeled["drawn"])):
+                next(self._unlabeled_iterator)
+            self._unlabeled_drawn = int(unlabeled["drawn"])
+            self._unlabeled_rng.restore(now)  # the global generators as they were before this replay
+        self._unlabeled_rng.restore(unlabeled["current"], include_global=False)
+
+    def _new_unlabeled_iterator(self, unlabeled_pass: int) -> Iterator:
+        sampler = getattr(self.unlabeled_data_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(unlabeled_pass)
+        return iter(self.unlabeled_data_loader)
 
     def _next_unlabeled(self) -> torch.Tensor:
         """The next thin batch's images on the engine's device, restarting the loader when it is exhausted."""
         for attempt in range(2):
             if self._unlabeled_iterator is None:
-                sampler = getattr(self.unlabeled_data_loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(self._unlabeled_passes)
+                self._unlabeled_start = self._unlabeled_rng.capture()
+                self._unlabeled_drawn = 0
+                self._unlabeled_iterator = self._new_unlabeled_iterator(self._unlabeled_passes)
                 self._unlabeled_passes += 1
-                self._unlabeled_iterator = iter(self.unlabeled_data_loader)
             try:
                 batch = next(self._unlabeled_iterator)
+                self._unlabeled_drawn += 1
                 break
             except StopIteration:
                 self._unlabeled_iterator = None

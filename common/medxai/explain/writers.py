@@ -10,6 +10,7 @@ names the offending character but not the name itself, which may be a patient id
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import re
@@ -23,6 +24,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
+from medxai.data.fault_tolerant import atomic_write
 from medxai.errors import InputError
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "save_overlay_png",
     "to_jsonable",
     "save_json",
+    "save_png",
 ]
 
 _CASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -385,6 +388,9 @@ def save_json(
 ) -> Path:
     """Save a record (boxes, sentence, probabilities, ...) as JSON (indented, strict: no NaN).
 
+    The file is written atomically (a temporary file, then :func:`os.replace`): it is either absent or
+    complete, so handlers that write a case's JSON last can take its presence as "this case is done".
+
     Returns
     -------
     Path
@@ -393,5 +399,12 @@ def save_json(
     check_case_name(case_name)
     content = json.dumps(to_jsonable(record), indent=2, allow_nan=False)
     path = _output_path(output_dir, case_name, suffix, ".json")
-    path.write_text(content + "\n")
+    atomic_write(path, content + "\n")
     return path
+
+
+def save_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """Save an (H, W, 3) uint8 image as PNG at ``path``, atomically (see :func:`save_json`)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return atomic_write(path, buffer.getvalue())

@@ -211,8 +211,14 @@ class CheckVolume(Transform):
                 f"{got}D image of shape {shape} where a {spatial}D volume (C, H, W, D) is expected; a single "
                 "slice or a 2D picture?"
             )
+        if self.expected_ndim == 3 and got == 3 and shape[0] == 1:
+            return (
+                f"4 dimensions, shape {shape}: a 3D volume where a 2D image (C, H, W) is expected; a CT or MRI "
+                "volume, or a stack of slices?"
+            )
+        axes = "(C, H, W)" if self.expected_ndim == 3 else "(C, H, W, D)" if self.expected_ndim == 4 else "(C, ...)"
         return (
-            f"{len(shape)} dimensions, shape {shape}, where {self.expected_ndim} (C, H, W, D) are expected; a time "
+            f"{len(shape)} dimensions, shape {shape}, where {self.expected_ndim} {axes} are expected; a time "
             "series or a multi-phase study?"
         )
 

@@ -29,6 +29,7 @@ which a PACS needs to file the objects under the same patient; the files then id
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -232,6 +233,15 @@ def pseudonymise_dataset(dataset: pydicom.Dataset, patient_pseudonym: str) -> py
     return dataset
 
 
+def _sources(headers: Sequence[pydicom.Dataset], patient_pseudonym: str | None) -> list[pydicom.Dataset]:
+    """The source headers highdicom copies the patient and study modules from: with ``patient_pseudonym``,
+    pseudonymised copies, so that no identifying value reaches highdicom at all (it logs a patient name
+    without ``^`` verbatim, and a birth date that is not a DICOM date fails with the value in the message)."""
+    if patient_pseudonym is None:
+        return list(headers)
+    return [pseudonymise_dataset(copy.deepcopy(h), patient_pseudonym) for h in headers]
+
+
 def _equipment() -> dict[str, Any]:
     return {
         "manufacturer": "medxai",
@@ -262,7 +272,7 @@ def write_parametric_map(
         intercept=0.0,
     )
     pm = hd.pm.ParametricMap(
-        source_images=list(headers),
+        source_images=_sources(headers, patient_pseudonym),
         pixel_array=frames,
         series_instance_uid=generate_uid(),
         series_number=9901,
@@ -310,7 +320,7 @@ def write_box_segmentation(
         for i, label in enumerate(labels)
     ]
     seg = hd.seg.Segmentation(
-        source_images=list(headers),
+        source_images=_sources(headers, patient_pseudonym),
         pixel_array=np.asarray(masks, dtype=np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

@@ -26,23 +26,18 @@ saves everything with the machine, library versions, date and load average.
 
 Usage::
 
-    python scripts/benchmark_explain.py                      # full: 3x224x224, N = 1000, 3 repeats
-    python scripts/benchmark_explain.py --quick              # CI: tiny sizes, one repetition
-    python scripts/benchmark_explain.py --json results.json --device cuda
+    python scripts/benchmarks/benchmark_explain.py                      # full: 3x224x224, N = 1000, 3 repeats
+    python scripts/benchmarks/benchmark_explain.py --quick              # CI: tiny sizes, one repetition
+    python scripts/benchmarks/benchmark_explain.py --json results.json --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
-import json
 import math
-import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +50,24 @@ from medxai.explain.cam import EDMActivationMap, GradCAM
 from medxai.explain.kernel_shap import KernelSHAP
 from medxai.explain.lime import LIME
 from medxai.explain.superpixels import SlicSuperpixels, baseline_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_utils import (  # noqa: E402  (the shared helpers of scripts/benchmarks/)
+    ForwardMeter,
+    add_common_arguments,
+    choose_clock,
+    load_average,
+    machine_info,
+    met,
+    run_cli,
+    timed,
+)
+from bench_utils import versions as _versions  # noqa: E402
+
+
+def versions() -> dict[str, str]:
+    """Library versions, with the explainer libraries this benchmark compares against."""
+    return _versions(["lime", "shap", "scikit-learn"])
 
 #: ratio name -> (method, reference) measurement names
 RATIOS: dict[str, tuple[str, str]] = {
@@ -98,57 +111,6 @@ class EDMResNet(torch.nn.Module):
         return self.activation_map(x).mean(dim=(2, 3))
 
 
-class ForwardMeter:
-    """Counts the images the models' forward passes see and the time spent inside them (forward hooks).
-
-    A method's time minus the time inside the model's forward passes is the method's own overhead, measured
-    in the same run, so a load change on a shared machine does not move it. On a GPU the hooks synchronise
-    the device around each forward pass.
-    """
-
-    def __init__(self, device: torch.device, *models: torch.nn.Module) -> None:
-        self.device = device
-        self._start: tuple[float, float] | None = None
-        self.reset()
-        for model in models:
-            model.register_forward_pre_hook(self._pre_hook)
-            model.register_forward_hook(self._hook)
-
-    def _pre_hook(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        synchronize(self.device)
-        self._start = (time.perf_counter(), time.process_time())
-
-    def _hook(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        synchronize(self.device)
-        wall, cpu = self._start
-        self.wall += time.perf_counter() - wall
-        self.cpu += time.process_time() - cpu
-        self.images += int(inputs[0].shape[0])
-        self.calls += 1
-
-    def reset(self) -> None:
-        self.images = self.calls = 0
-        self.wall = self.cpu = 0.0
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of ``fn()``, with the device synchronised before and after.
-
-    On a shared CPU machine the process CPU time of a single-threaded run is what the method costs; the
-    wall-clock time also counts the time other processes held the cores.
-    """
-    synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def search_batch_size(
     model: torch.nn.Module, x: torch.Tensor, batch_sizes: Sequence[int], n: int, device: torch.device, clock: str
 ) -> dict[int, float]:
@@ -161,13 +123,6 @@ def search_batch_size(
             seconds = timed(lambda bs=bs: bare_forwards(model, x, n, bs), device)[index] / n
             best[bs] = min(seconds, best.get(bs, math.inf))
     return best
-
-
-def choose_clock(clock: str, device: torch.device) -> str:
-    """``"auto"``: CPU time for a single-threaded CPU run (robust to other processes), else wall-clock time."""
-    if clock != "auto":
-        return clock
-    return "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
 
 
 def make_image(channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -207,46 +162,6 @@ def lime_image_classifier(model: torch.nn.Module, device: torch.device) -> Calla
             return model(batch).softmax(1).cpu().numpy()
 
     return classify
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    return info
-
-
-def versions() -> dict[str, str]:
-    names = ["torch", "torchvision", "monai", "lime", "shap", "scikit-learn", "scikit-image", "numpy"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    found["torch"] = torch.__version__  # with its build (CPU / CUDA)
-    return found
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,8 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _met(value: float, op: str, bound: float) -> bool:
-    return value <= bound if op == "<=" else value >= bound
+_met = met
 
 
 #: measurements whose own overhead (time outside the model's forward passes) is reported
@@ -447,17 +361,12 @@ def format_table(results: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="CI mode: 32x32 input, 40 samples, 4 slices, one repetition"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="save the results to this JSON file")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(parser, "CI mode: 32x32 input, 40 samples, 4 slices, one repetition")
     parser.add_argument("--size", type=int, default=224, help="input edge (3 x size x size)")
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000, help="perturbations for LIME / Kernel SHAP / lime_image")
     parser.add_argument("--superpixels", type=int, default=50, help="SLIC n_segments")
     parser.add_argument("--slices", type=int, default=64, help="batch of slices for Grad-CAM and EDM")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of all measurements")
     parser.add_argument(
         "--inner-repeats", type=int, default=5, help="runs per round of the short (batch of slices) measurements"
     )
@@ -475,34 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the models' weight layout; auto: the faster for bare forwards (channels_last often is on CPU)",
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument(
-        "--clock",
-        choices=("auto", "wall", "cpu"),
-        default="auto",
-        help="time the goals are judged on; auto: process CPU time for a 1-thread CPU run, else wall-clock",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.quick:
-        args.size, args.samples, args.slices, args.repeats, args.inner_repeats = 32, 40, 4, 1, 1
-        args.batch_sizes, args.search_samples, args.superpixels = [8, 16], 16, 12
+def _quick(args: argparse.Namespace) -> None:
+    args.size, args.samples, args.slices, args.repeats, args.inner_repeats = 32, 40, 4, 1, 1
+    args.batch_sizes, args.search_samples, args.superpixels = [8, 16], 16, 12
+
+
+def _check(args: argparse.Namespace) -> str | None:
     for name in ("size", "samples", "slices", "repeats", "inner_repeats", "search_samples"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    results = run(args)
-    print(format_table(results))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-    return results
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run_cli(build_parser(), argv, run, format_table, quick=_quick, check=_check)
 
 
 if __name__ == "__main__":
