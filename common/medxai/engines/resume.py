@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +190,24 @@ class _PositionedLoader:
             self.rng.restore(current)
             self.epoch_start = self.rng.capture()
             return iter(self.loader)
-        self.rng.restore(epoch_start)
         self.epoch_start = epoch_start
-        iterator = iter(self.loader)
-        for _ in range(skip):
-            next(iterator)
+        iterator = replay_iterator(self.rng, epoch_start, lambda: iter(self.loader), skip)
         self.rng.restore(current)
         return iterator
+
+
+def replay_iterator(
+    rng: RngStates, start: Mapping[str, Any], make_iterator: Callable[[], Iterator], skip: int
+) -> Iterator:
+    """Rebuild a data iterator at a saved position: put back the generators ``start`` recorded just before the
+    iterator was first made, make it, then draw and drop its first ``skip`` batches, so the sampler and the
+    random transforms consume exactly what they consumed before. The caller then puts back the generators it
+    wants going on (the state at the save)."""
+    rng.restore(start)
+    iterator = make_iterator()
+    for _ in range(skip):
+        next(iterator)
+    return iterator
 
 
 def make_atomic(saver: Any) -> Any:

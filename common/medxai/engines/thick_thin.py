@@ -38,7 +38,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from medxai.engines.resume import RngStates
+from medxai.engines.resume import RngStates, replay_iterator
 from medxai.errors import InputError
 
 __all__ = ["ThickThinTrainer"]
@@ -120,12 +120,12 @@ class ThickThinTrainer(SupervisedTrainer):
         self._unlabeled_iterator, self._unlabeled_drawn, self._unlabeled_start = None, 0, None
         if unlabeled["pass_start"] is not None:
             now = self._unlabeled_rng.capture()
-            self._unlabeled_rng.restore(unlabeled["pass_start"])
             self._unlabeled_start = unlabeled["pass_start"]
-            self._unlabeled_iterator = self._new_unlabeled_iterator(self._unlabeled_passes - 1)
-            for _ in range(int(unlabeled["drawn"])):
-                next(self._unlabeled_iterator)
             self._unlabeled_drawn = int(unlabeled["drawn"])
+            self._unlabeled_iterator = replay_iterator(
+                self._unlabeled_rng, self._unlabeled_start,
+                lambda: self._new_unlabeled_iterator(self._unlabeled_passes - 1), self._unlabeled_drawn,
+            )  # fmt: skip
             self._unlabeled_rng.restore(now)  # the global generators as they were before this replay
         self._unlabeled_rng.restore(unlabeled["current"], include_global=False)
 
