@@ -184,7 +184,50 @@ def test_training_overlay_switches_dataset_and_loader(modules, tmp_path):
     thread = tt.load_pipeline("cxr_lung_segmentation", "thread_loader", tmp_path, args)
     assert thread["train#dataloader#_target_"] == "ThreadDataLoader"
     assert tt.load_pipeline("cxr_lung_segmentation", "no_cache", tmp_path, args)["cache_rate"] == 0.0
-    no_copy = tt.load_pipeline("cxr_lung_segmentation", "no_copy_cache", tmp_path, args)
-    assert no_copy["train#dataset#copy_cache"] is False
+    assert tt.load_pipeline("cxr_lung_segmentation", "config", tmp_path, args)["train#dataset#copy_cache"] is False
+    monai = tt.load_pipeline("brain_ventricle_segmentation", "monai_cache", tmp_path, args)
+    for dataset_id in ("train#dataset", "train#unlabeled_dataset"):
+        assert monai[f"{dataset_id}#_target_"] == "CacheDataset" and monai[f"{dataset_id}#copy_cache"] is True
     tuned = tt.load_pipeline("cxr_lung_segmentation", "tuned", tmp_path, args)
     assert tuned["train#trainer#decollate"] is False and tuned["train#trainer#optim_set_to_none"] is True
+
+
+def test_workers_variant_trains_the_same_samples_and_is_judged_on_wall_clock(modules, tmp_path):
+    tt = modules["training"]
+    args = tt.build_parser().parse_args(["--quick", "--device", "cpu", "--workers", "2"])
+    parser = tt.load_pipeline("cxr_lung_segmentation", "workers", tmp_path, args)
+    assert parser["train#dataloader#num_workers"] == 2 and parser["train#dataloader#persistent_workers"] is True
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            results = tt.main(["--quick", "--threads", "1", "--device", "cpu", "--bundles",
+                               "covid19_cxr_ensemble_classification", "--variants", "config", "workers"])
+    finally:
+        torch.set_num_threads(threads)
+    bundle = results["bundles"]["covid19_cxr_ensemble_classification"]
+    assert results["clock"] == "cpu"  # one torch thread on a CPU: CPU time, except for the workers variant
+    assert bundle["ratio_clocks"] == {"config": "cpu", "workers": "wall"}
+    assert bundle["ratios"]["workers"] == bundle["ratios_wall"]["workers"]
+    assert bundle["ratios"]["config"] == bundle["ratios_cpu"]["config"]
+    samples = bundle["counts"]["samples"]
+    assert samples["pipeline_workers"] == samples["pipeline_config"] == samples["bare"] > 0
+    assert "workers" in printed.getvalue() and "(it/s and ratio on wall-clock time" in printed.getvalue()
+    with pytest.raises(SystemExit):
+        with contextlib.redirect_stderr(io.StringIO()):
+            tt.main(["--quick", "--workers", "0"])
+
+
+def test_paper_size_puts_back_the_published_network_and_input_sizes(modules, tmp_path):
+    tt = modules["training"]
+    args = tt.build_parser().parse_args(["--paper-size", "--device", "cpu"])
+    demo = tt.load_pipeline("covid19_cxr_ensemble_classification", "config", tmp_path / "demo",
+                            tt.build_parser().parse_args(["--device", "cpu"]))
+    paper = tt.load_pipeline("covid19_cxr_ensemble_classification", "config", tmp_path / "paper", args)
+    assert (demo["backbone"], demo["image_size"], demo["batch_size"]) == ("small_resnet", [64, 64], 16)
+    assert (paper["backbone"], paper["image_size"], paper["batch_size"]) == ("densenet161", [224, 224], 16)
+    assert paper["num_workers"] == 0 and paper["demo_args"] == demo["demo_args"]  # still the demo data
+    transfer = tt.load_pipeline("covid19_ct_transfer_classification", "config", tmp_path / "transfer", args)
+    assert transfer["backbone"] == "densenet201" and transfer["pretrained"] is False
+    with pytest.raises(SystemExit):
+        with contextlib.redirect_stderr(io.StringIO()):
+            tt.main(["--quick", "--paper-size"])
